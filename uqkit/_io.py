@@ -1,0 +1,49 @@
+"""Safe, atomic tensor files: safetensors with a ``uqkit`` kind tag; nothing is ever unpickled."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from torch import Tensor
+
+
+def save_tensors(path: str | Path, tensors: dict[str, Tensor], *, kind: str, meta: dict[str, str] | None = None) -> None:
+    """Write ``tensors`` to ``path`` as safetensors, tagged with ``kind``; atomic (temp file, fsync, rename)."""
+    from safetensors.torch import save
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {"uqkit_kind": kind, **(meta or {})}
+    blob = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_tensors(path: str | Path, *, kind: str) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Read a file written by `save_tensors` with the same ``kind``; a clear ``ValueError`` otherwise."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"path: no such file: {path}")
+    try:
+        tensors = load(path.read_bytes())
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+    except (SafetensorError, ValueError, OSError, RuntimeError) as err:
+        raise ValueError(f"path: {path} is not a uqkit file (not a valid safetensors file: {err})") from None
+    if meta.get("uqkit_kind") != kind:
+        raise ValueError(f"path: {path} is not a {kind} file (found kind {meta.get('uqkit_kind')!r})")
+    return tensors, meta
+

@@ -1,0 +1,1 @@
+"""Data loaders: UCI standard splits, scikit-learn bundled sets, synthetic data."""

@@ -1,0 +1,1 @@
+"""Priors, likelihoods and model specifications."""

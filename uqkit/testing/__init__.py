@@ -1,0 +1,1 @@
+"""Reusable statistical checks for engines and metrics."""

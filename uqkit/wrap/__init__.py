@@ -1,0 +1,1 @@
+"""Wrapping frozen models with uncertainty."""
