@@ -1,9 +1,11 @@
 """uqkit: Bayesian inference and uncertainty quantification for PyTorch."""
 
+from uqkit.calibration.evaluate import evaluate
 from uqkit.calibration.predictive import Predictive
+from uqkit.calibration.report import Report
 from uqkit.inference.posterior import Posterior
 from uqkit.registry import get_engine, register_engine
 
 __version__ = "0.1.0"
 
-__all__ = ["Posterior", "Predictive", "__version__", "get_engine", "register_engine"]
+__all__ = ["Posterior", "Predictive", "Report", "__version__", "evaluate", "get_engine", "register_engine"]

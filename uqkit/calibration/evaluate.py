@@ -1,0 +1,183 @@
+"""`evaluate`: score a `Predictive` (and optional OOD predictions) into a `Report`."""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from uqkit.calibration import classification as cls_metrics
+from uqkit.calibration import figures, ood, regression, selective
+from uqkit.calibration.predictive import Predictive
+from uqkit.calibration.report import Report
+
+#: Coverage levels reported for regression intervals.
+INTERVAL_LEVELS = (0.5, 0.9, 0.95)
+
+
+def evaluate(
+    predictive: Predictive | Mapping[str, Any],
+    y: object,
+    *,
+    ood: Predictive | Mapping[str, Any] | None = None,
+    ood_score: str | None = None,
+    posterior: Any = None,
+    title: str | None = None,
+    num_bins: int = 15,
+    make_figures: bool = True,
+    meta: Mapping[str, Any] | None = None,
+) -> Report:
+    """Score predictions against targets; returns a `Report` with metrics, figures and diagnostics.
+
+    Args:
+        predictive: a `Predictive`, or arrays as in `predictive_from_arrays` (``logits``/``probs``, or
+            ``mean`` with ``var``/``std``).
+        y: ``[N]`` labels (classification) or targets ``[N]``/``[N, D]`` (regression).
+        ood: predictions on out-of-distribution inputs, same task; adds ``ood_*`` metrics and figures.
+        ood_score: name in ``ood.OOD_SCORES``; default "msp" for classification, "variance" for regression.
+        posterior: optional `Posterior` (anything with ``to_arviz()``) for R-hat/ESS diagnostics and traces.
+        title: report title.
+        num_bins: bins for the ECE family and the reliability diagram.
+        make_figures: set False to skip plotting (faster; metrics only).
+        meta: extra facts to record (engine, seed, ...).
+    """
+    pred = predictive if isinstance(predictive, Predictive) else predictive_from_arrays(predictive)
+    ood_pred = None
+    if ood is not None:
+        ood_pred = ood if isinstance(ood, Predictive) else predictive_from_arrays(ood)
+        if ood_pred.task != pred.task:
+            raise ValueError(f"ood: expected a {pred.task} predictive like the in-distribution one, got {ood_pred.task}")
+    report = Report(title=title or f"uqkit {pred.task} report", task=pred.task, metrics={})
+    if pred.task == "classification":
+        _score_classification(report, pred, y, num_bins=num_bins, make_figures=make_figures)
+    else:
+        _score_regression(report, pred, y, make_figures=make_figures)
+    if ood_pred is not None:
+        score_name = ood_score or ("msp" if pred.task == "classification" else "variance")
+        _score_ood(report, pred, ood_pred, score_name, make_figures=make_figures)
+    if posterior is not None:
+        _diagnose(report, posterior, make_figures=make_figures)
+    report.meta.update({
+        "num_points": pred.num_points,
+        "num_draws": pred.num_draws,
+        "uqkit_version": _version(),
+        "torch_version": torch.__version__,
+        "python": platform.python_version(),
+        **dict(meta or {}),
+    })
+    return report
+
+
+def predictive_from_arrays(arrays: Mapping[str, Any], *, prefix: str = "") -> Predictive:
+    """Build a `Predictive` from named arrays (an ``.npz`` file's contents, say).
+
+    Classification: ``{prefix}logits`` or ``{prefix}probs``, shape ``[N, C]`` or ``[S, N, C]``.
+    Regression: ``{prefix}mean`` (``[N]`` or ``[S, N]``) with ``{prefix}var`` or ``{prefix}std``.
+    """
+    keys = set(arrays)
+    if f"{prefix}logits" in keys:
+        return Predictive.from_logits(arrays[f"{prefix}logits"])
+    if f"{prefix}probs" in keys:
+        return Predictive.from_probs(arrays[f"{prefix}probs"])
+    if f"{prefix}mean" in keys:
+        if f"{prefix}var" in keys:
+            var = arrays[f"{prefix}var"]
+        elif f"{prefix}std" in keys:
+            var = np.square(np.asarray(arrays[f"{prefix}std"], dtype=np.float64))
+        else:
+            raise ValueError(f"{prefix}var: regression predictions need '{prefix}var' or '{prefix}std' beside '{prefix}mean'")
+        return Predictive.gaussian(arrays[f"{prefix}mean"], var)
+    raise ValueError(
+        f"{prefix or 'predictions'}: expected '{prefix}logits' or '{prefix}probs' (classification) or "
+        f"'{prefix}mean' with '{prefix}var'/'{prefix}std' (regression); found keys {sorted(keys)}"
+    )
+
+
+def _score_classification(report: Report, pred: Predictive, y: object, *, num_bins: int, make_figures: bool) -> None:
+    probs = pred.mixture_probs()
+    labels = torch.as_tensor(np.asarray(y)) if not isinstance(y, Tensor) else y
+    nll = -pred.log_prob(labels).mean()  # validates the labels; exact from logits when known
+    labels = labels.long()
+    confidence, predicted = probs.max(-1)
+    correct = predicted == labels
+    m = report.metrics
+    m["accuracy"] = float(cls_metrics.accuracy(probs, labels))
+    m["nll"] = float(nll)
+    m["brier"] = float(cls_metrics.brier(probs, labels))
+    m["ece"] = float(cls_metrics.ece(probs, labels, num_bins=num_bins))
+    m["mce"] = float(cls_metrics.mce(probs, labels, num_bins=num_bins))
+    m["adaptive_ece"] = float(cls_metrics.adaptive_ece(probs, labels, num_bins=num_bins))
+    m["classwise_ece"] = float(cls_metrics.classwise_ece(probs, labels, num_bins=num_bins))
+    m["aurc"] = float(selective.aurc(confidence, correct))
+    m["eaurc"] = float(selective.eaurc(confidence, correct))
+    m["coverage_at_5pct_risk"] = float(selective.coverage_at_risk(confidence, correct, 0.05))
+    m["mean_entropy"] = float(pred.entropy().mean())
+    if pred.num_draws > 1:
+        m["mean_mutual_information"] = float(pred.mutual_information().mean())
+    if make_figures:
+        curve = cls_metrics.reliability_curve(probs, labels, num_bins=num_bins)
+        report.figures["reliability"] = figures.reliability_diagram(curve, ece=m["ece"])
+        coverage, risk = selective.risk_coverage_curve(confidence, correct)
+        report.figures["risk_coverage"] = figures.risk_coverage_plot(coverage, risk, aurc=m["aurc"])
+    report.meta["num_classes"] = pred.num_classes
+
+
+def _score_regression(report: Report, pred: Predictive, y: object, *, make_figures: bool) -> None:
+    report.metrics.update(regression.regression_metrics(pred, y))
+    if make_figures:
+        report.figures["pit"] = figures.pit_histogram(regression.pit(pred, y))
+        expected, observed = regression.calibration_curve(pred, y)
+        report.figures["calibration_curve"] = figures.calibration_curve_plot(
+            expected, observed, area=report.metrics["miscalibration_area"])
+        levels = (0.1, 0.3, 0.5, 0.7, 0.9, 0.95, 0.99)
+        cover = [float(regression.interval_coverage(pred, y, level)) for level in levels]
+        widths = [float(regression.interval_width(pred, level)) for level in levels]
+        report.figures["coverage"] = figures.coverage_plot(levels, cover, widths)
+
+
+def _score_ood(report: Report, pred: Predictive, ood_pred: Predictive, score_name: str, *, make_figures: bool) -> None:
+    if score_name not in ood.OOD_SCORES:
+        raise ValueError(f"ood_score: expected one of {sorted(ood.OOD_SCORES)}, got {score_name!r}")
+    score = ood.OOD_SCORES[score_name]
+    s_in, s_out = score(pred), score(ood_pred)
+    m = report.metrics
+    m["ood_auroc"] = float(ood.ood_auroc(s_in, s_out))
+    m["ood_aupr_in"] = float(ood.ood_aupr_in(s_in, s_out))
+    m["ood_aupr_out"] = float(ood.ood_aupr_out(s_in, s_out))
+    m["ood_fpr95"] = float(ood.fpr_at_tpr(s_in, s_out, tpr=0.95))
+    report.meta["ood_score"] = score_name
+    report.meta["num_ood_points"] = ood_pred.num_points
+    if make_figures:
+        report.figures["ood_histogram"] = figures.ood_histogram(s_in, s_out, score_name=score_name)
+        fpr, tpr = ood.ood_roc_curve(s_in, s_out)
+        report.figures["ood_roc"] = figures.roc_plot(fpr, tpr, auroc=m["ood_auroc"])
+
+
+def _diagnose(report: Report, posterior: Any, *, make_figures: bool) -> None:
+    import arviz as az
+
+    idata = posterior.to_arviz()
+    rhat = az.rhat(idata)
+    ess_bulk = az.ess(idata, method="bulk")
+    ess_tail = az.ess(idata, method="tail")
+    report.diagnostics["max_rhat"] = float(max(float(np.nanmax(v.values)) for v in rhat.data_vars.values()))
+    report.diagnostics["min_ess_bulk"] = float(min(float(np.nanmin(v.values)) for v in ess_bulk.data_vars.values()))
+    report.diagnostics["min_ess_tail"] = float(min(float(np.nanmin(v.values)) for v in ess_tail.data_vars.values()))
+    divergent = getattr(posterior, "sample_stats", {}).get("divergent")
+    if divergent is not None:
+        report.diagnostics["divergences"] = float(divergent.sum())
+    if make_figures:
+        first = next(iter(idata.posterior.data_vars.values())).values
+        flat = first.reshape(first.shape[0], first.shape[1], -1)[:, :, :4]
+        names = [f"{next(iter(idata.posterior.data_vars))}[{j}]" for j in range(flat.shape[-1])]
+        report.figures["traces"] = figures.trace_plot(flat, names)
+
+
+def _version() -> str:
+    from uqkit import __version__
+
+    return __version__

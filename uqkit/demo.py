@@ -1,0 +1,108 @@
+"""``uqkit demo``: the main job end to end on bundled data, in well under three minutes on two cores.
+
+1. Train a small MLP on a fifth of scikit-learn's digits until it overfits (an overconfident model), then freeze it.
+2. Score it on held-out digits and on a shifted set (rotated, noisy digits) as OOD.
+3. Recalibrate it with temperature scaling fitted on a validation split, and score again.
+4. Write one HTML report per stage and an index page comparing them.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from uqkit.calibration.evaluate import evaluate
+from uqkit.calibration.predictive import Predictive
+from uqkit.calibration.recalibrate import TemperatureScaler
+from uqkit.data import load_sklearn
+
+_COMPARED = ("accuracy", "nll", "brier", "ece", "aurc", "ood_auroc", "ood_fpr95")
+
+
+def run_demo(out_dir: str | Path, *, seed: int = 0, echo: Callable[[str], None] = print) -> Path:
+    """Run the demo and return the path of its index page."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    data = load_sklearn("digits", test_fraction=0.5, val_fraction=0.3, seed=seed)
+    x_train, x_val, x_test = data.x_train.float(), data.x_val.float(), data.x_test.float()
+    gen = torch.Generator().manual_seed(seed)
+    echo(f"[1/4] training an MLP on digits ({len(data.y_train)} train / {len(data.y_val)} val / "
+         f"{len(data.y_test)} test images) until it overfits")
+    model = train_overconfident_mlp(x_train, data.y_train, generator=gen)
+    model.eval().requires_grad_(False)
+    x_shift = shifted_digits(x_test, generator=gen)
+    with torch.no_grad():
+        logits_val, logits_test, logits_shift = model(x_val), model(x_test), model(x_shift)
+
+    echo("[2/4] scoring the frozen model on held-out digits, with rotated noisy digits as OOD")
+    stages = {"frozen model": (Predictive.from_logits(logits_test), Predictive.from_logits(logits_shift))}
+
+    echo("[3/4] temperature scaling on the validation split")
+    scaler = TemperatureScaler().fit(logits_val, data.y_val)
+    stages["temperature scaled"] = (scaler.transform(logits_test), scaler.transform(logits_shift))
+    echo(f"      T = {float(scaler.temperature_):.3f}")
+
+    echo("[4/4] writing reports")
+    rows = {}
+    for name, (pred, ood) in stages.items():
+        slug = name.replace(" ", "-")
+        report = evaluate(pred, data.y_test, ood=ood, title=f"Digits MLP: {name}",
+                          meta={"dataset": "sklearn digits", "ood": "test digits rotated 90 degrees + noise", "seed": seed})
+        path = report.to_html(out / slug)
+        report.to_json(out / slug / "metrics.json")
+        rows[name] = (slug, report.metrics)
+        echo(f"      {name:20s} " + "  ".join(f"{k}={report.metrics[k]:.4f}" for k in _COMPARED) + f"  -> {path}")
+    index = write_index(out, rows, temperature=float(scaler.temperature_))
+    echo(f"done in {time.perf_counter() - t0:.1f} s; open {index}")
+    return index
+
+
+def train_overconfident_mlp(x: Tensor, y: Tensor, *, generator: torch.Generator, epochs: int = 60) -> nn.Module:
+    """A 64-256-256-10 ReLU MLP trained with Adam and no regularisation, so that it overfits."""
+    with torch.random.fork_rng():  # nn.Linear initialises from the global RNG; keep it untouched
+        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+        model = nn.Sequential(nn.Linear(x.shape[1], 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
+                              nn.Linear(256, int(y.max()) + 1)).to(x.dtype)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(epochs):
+        perm = torch.randperm(len(y), generator=generator)
+        for idx in perm.split(64):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+    return model
+
+
+def shifted_digits(x: Tensor, *, generator: torch.Generator, noise: float = 0.5) -> Tensor:
+    """Standardised 8x8 digit images rotated by 90 degrees with added Gaussian noise, ``[N, 64]``."""
+    images = x.reshape(-1, 8, 8).rot90(1, dims=(1, 2)).reshape(-1, 64)
+    return images + noise * torch.randn(images.shape, generator=generator, dtype=x.dtype)
+
+
+def write_index(out: Path, rows: dict[str, tuple[str, dict[str, float]]], *, temperature: float) -> Path:
+    """An index page with one row per stage and links to each stage's report."""
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in _COMPARED)
+    body = "".join(
+        f"<tr><td><a href='{html.escape(slug)}/report.html'>{html.escape(name)}</a></td>"
+        + "".join(f"<td>{metrics[k]:.4f}</td>" for k in _COMPARED) + "</tr>"
+        for name, (slug, metrics) in rows.items()
+    )
+    page = (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>uqkit demo</title>"
+        "<style>body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto}"
+        "td,th{padding:4px 10px;border-bottom:1px solid #ddd}</style></head><body>"
+        "<h1>uqkit demo: a frozen digits classifier</h1>"
+        "<p>An MLP trained to overfit scikit-learn's digits is frozen and scored on held-out digits, with "
+        "rotated noisy digits as out-of-distribution inputs. Temperature scaling, fitted on a validation "
+        f"split (T = {temperature:.3f}), changes no prediction but should lower NLL and ECE.</p>"
+        f"<table><tr><th>stage</th>{head}</tr>{body}</table></body></html>"
+    )
+    path = out / "index.html"
+    path.write_text(page, encoding="utf-8")
+    return path
