@@ -85,6 +85,19 @@ def sklearn_bayesian_ridge(split: UCISplit, seed: int) -> Predictive:
     return Predictive.gaussian(torch.from_numpy(mean), torch.from_numpy(std**2))
 
 
+@method("sghmc")
+def sghmc(split: UCISplit, seed: int) -> Predictive:
+    """Adaptive SGHMC BNN, 1x50 tanh, learned noise (METHODS.md section 1 settings, shortened for 2 CPU cores)."""
+    from uqkit.inference.fit import fit
+    from uqkit.models import MLP, Gaussian, LayerwiseGaussian, ModelSpec
+
+    spec = ModelSpec(MLP(split.num_features, [50], 1), LayerwiseGaussian(1.0, 1.0),
+                     Gaussian(noise_std=0.1**0.5, learn_noise=True), num_data=split.x_train.shape[0])
+    post = fit(spec, (split.x_train, split.y_train), engine="sghmc", step_size=0.01, mdecay=0.01, num_chains=2,
+               num_warmup=2000, num_samples=50, thinning=50, batch_size=32, seed=seed, progress=False)
+    return post.predict(split.x_test)
+
+
 def run_dataset(
     method_names: list[str], dataset: str, num_splits: int, root: str | None, seed: int, *, as_json: bool
 ) -> list[dict]:
