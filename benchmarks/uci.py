@@ -98,6 +98,13 @@ def sghmc(split: UCISplit, seed: int) -> Predictive:
     return post.predict(split.x_test)
 
 
+from uci_baselines import der, ensemble, mc_dropout  # noqa: E402  (issue 5 baselines, published protocols)
+
+method("ensemble")(ensemble)
+method("mc-dropout")(mc_dropout)
+method("der")(der)
+
+
 def run_dataset(
     method_names: list[str], dataset: str, num_splits: int, root: str | None, seed: int, *, as_json: bool
 ) -> list[dict]:

@@ -22,6 +22,9 @@ from torch.utils.data import DataLoader, RandomSampler
 from uqkit._checks import as_tensor, check_same_length
 from uqkit._io import load_tensors, save_tensors
 from uqkit.inference.base import Params, StepInfo, Trace, check_int, state_from_tensors, state_to_tensors
+from uqkit.inference.ensemble import fit_ensemble
+from uqkit.inference.evidential import fit_der
+from uqkit.inference.mc_dropout import fit_mc_dropout
 from uqkit.inference.posterior import Posterior
 from uqkit.models.spec import Batch, ModelSpec
 from uqkit.registry import ENGINES, get_engine
@@ -29,6 +32,8 @@ from uqkit.registry import ENGINES, get_engine
 _KIND = "uqkit.fit-checkpoint/1"
 _POSTFIX_EVERY = 50  # steps between progress-bar postfix updates
 _FULL_BATCH = ("nuts", "hmc")  # engines run by `uqkit.inference.sample.sample` on the full-data log density
+#: Engines that train point estimates (members) with an optimiser rather than sample a chain.
+TRAINERS = {"ensemble": fit_ensemble, "mc-dropout": fit_mc_dropout, "der": fit_der}
 
 
 def fit(spec: ModelSpec, data: tuple[Tensor, Tensor] | DataLoader, *, engine: Any = "sghmc", num_chains: int = 1,
@@ -44,7 +49,9 @@ def fit(spec: ModelSpec, data: tuple[Tensor, Tensor] | DataLoader, *, engine: An
         spec: the model.
         data: ``(x [N, ...], y [N] | [N, D])`` tensors or numpy arrays, or a ``DataLoader`` yielding
             ``(x, y)`` batches (a shuffling loader needs ``generator=`` for reproducible runs).
-        engine: a registered engine name ("sghmc", "sgld", "cyclical", "nuts", "hmc") or an engine object.
+        engine: a registered engine name ("sghmc", "sgld", "cyclical", "nuts", "hmc"), a trainer name
+            ("ensemble", "mc-dropout", "der": ``engine_options`` go to `fit_ensemble`, `fit_mc_dropout`,
+            `fit_der`), or an engine object.
         num_chains, num_samples: chains, and draws kept per chain (>= 1).
         num_warmup: steps per chain before draws are kept (>= 0).
         thinning: keep one sampling step in this many (>= 1).
@@ -71,6 +78,12 @@ def fit(spec: ModelSpec, data: tuple[Tensor, Tensor] | DataLoader, *, engine: An
     check_int(thinning, "thinning", minimum=1)
     check_int(checkpoint_every, "checkpoint_every", minimum=1)
     check_int(seed, "seed", minimum=0)
+    if isinstance(engine, str) and engine in TRAINERS:
+        if checkpoint is not None or num_chains != 1:
+            raise ValueError(f"engine: {engine!r} trains members, not chains; it takes no checkpoint and num_chains=1")
+        if batch_size is not None:
+            engine_options["batch_size"] = batch_size
+        return TRAINERS[engine](spec, data, seed=seed, progress=progress, **engine_options)
     if isinstance(engine, str) and (
             engine in _FULL_BATCH or (engine in ENGINES and not getattr(ENGINES[engine], "minibatch", False))):
         if batch_size is not None:
