@@ -6,7 +6,8 @@ from uqkit.calibration.report import Report
 from uqkit.inference.fit import fit
 from uqkit.inference.posterior import Posterior
 from uqkit.registry import get_engine, register_engine
+from uqkit.wrap import wrap
 
 __version__ = "0.1.0"
 
-__all__ = ["Posterior", "Predictive", "Report", "__version__", "evaluate", "fit", "get_engine", "register_engine"]
+__all__ = ["Posterior", "Predictive", "Report", "__version__", "evaluate", "fit", "get_engine", "register_engine", "wrap"]

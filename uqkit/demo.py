@@ -3,8 +3,9 @@
 1. Train a small MLP on a fifth of scikit-learn's digits until it overfits (an overconfident model), then freeze it.
 2. Score it on held-out digits and on a shifted set (rotated, noisy digits) as OOD.
 3. Recalibrate it with temperature scaling fitted on a validation split, and score again.
-4. Train a deep ensemble of five such MLPs (vectorised with torch.func) and score it the same way.
-5. Write one HTML report per stage and an index page comparing them.
+4. Wrap the frozen model with a Mahalanobis OOD score on its features (`uqkit.wrap`).
+5. Train a deep ensemble of five such MLPs (vectorised with torch.func) and score it the same way.
+6. Write one HTML report per stage and an index page comparing them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from uqkit.calibration.recalibrate import TemperatureScaler
 from uqkit.data import load_sklearn
 from uqkit.inference.ensemble import fit_ensemble
 from uqkit.models import MLP, Categorical, IsotropicGaussian, ModelSpec
+from uqkit.wrap import wrap
 
 _COMPARED = ("accuracy", "nll", "brier", "ece", "aurc", "ood_auroc", "ood_fpr95")
 
@@ -36,7 +38,7 @@ def run_demo(out_dir: str | Path, *, seed: int = 0, echo: Callable[[str], None] 
     data = load_sklearn("digits", test_fraction=0.5, val_fraction=0.3, seed=seed)
     x_train, x_val, x_test = data.x_train.float(), data.x_val.float(), data.x_test.float()
     gen = torch.Generator().manual_seed(seed)
-    echo(f"[1/5] training an MLP on digits ({len(data.y_train)} train / {len(data.y_val)} val / "
+    echo(f"[1/6] training an MLP on digits ({len(data.y_train)} train / {len(data.y_val)} val / "
          f"{len(data.y_test)} test images) until it overfits")
     model = train_overconfident_mlp(x_train, data.y_train, generator=gen)
     model.eval().requires_grad_(False)
@@ -44,31 +46,36 @@ def run_demo(out_dir: str | Path, *, seed: int = 0, echo: Callable[[str], None] 
     with torch.no_grad():
         logits_val, logits_test, logits_shift = model(x_val), model(x_test), model(x_shift)
 
-    echo("[2/5] scoring the frozen model on held-out digits, with rotated noisy digits as OOD")
-    stages = {"frozen model": (Predictive.from_logits(logits_test), Predictive.from_logits(logits_shift))}
+    echo("[2/6] scoring the frozen model on held-out digits, with rotated noisy digits as OOD")
+    stages = {"frozen model": (Predictive.from_logits(logits_test), {"ood": Predictive.from_logits(logits_shift)})}
 
-    echo("[3/5] temperature scaling on the validation split")
+    echo("[3/6] temperature scaling on the validation split")
     scaler = TemperatureScaler().fit(logits_val, data.y_val)
-    stages["temperature scaled"] = (scaler.transform(logits_test), scaler.transform(logits_shift))
+    stages["temperature scaled"] = (scaler.transform(logits_test), {"ood": scaler.transform(logits_shift)})
     echo(f"      T = {float(scaler.temperature_):.3f}")
 
-    echo("[4/5] training a deep ensemble of five MLPs together (vectorised over members)")
+    echo("[4/6] wrapping the frozen model with a Mahalanobis OOD score on its last hidden layer")
+    mahalanobis = wrap(model, "mahalanobis").fit(x_train, data.y_train)
+    scores = (mahalanobis.ood_score(x_test), mahalanobis.ood_score(x_shift))
+    stages["temperature + mahalanobis"] = (scaler.transform(logits_test), {"ood_scores": scores, "ood_score": "mahalanobis"})
+
+    echo("[5/6] training a deep ensemble of five MLPs together (vectorised over members)")
     spec = ModelSpec(MLP(x_train.shape[1], [256, 256], 10, "relu"), IsotropicGaussian(1.0), Categorical(),
                      num_data=len(data.y_train))
     ensemble = fit_ensemble(spec, (x_train, data.y_train), num_members=5, num_epochs=30, batch_size=64, lr=1e-3,
                             seed=seed, progress=False)
-    stages["deep ensemble (5)"] = (ensemble.predict(x_test), ensemble.predict(x_shift))
+    stages["deep ensemble (5)"] = (ensemble.predict(x_test), {"ood": ensemble.predict(x_shift)})
 
-    echo("[5/5] writing reports")
+    echo("[6/6] writing reports")
     rows = {}
-    for name, (pred, ood) in stages.items():
+    for name, (pred, ood_args) in stages.items():
         slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-        report = evaluate(pred, data.y_test, ood=ood, title=f"Digits MLP: {name}",
+        report = evaluate(pred, data.y_test, title=f"Digits MLP: {name}", **ood_args,
                           meta={"dataset": "sklearn digits", "ood": "test digits rotated 90 degrees + noise", "seed": seed})
         path = report.to_html(out / slug)
         report.to_json(out / slug / "metrics.json")
         rows[name] = (slug, report.metrics)
-        echo(f"      {name:20s} " + "  ".join(f"{k}={report.metrics[k]:.4f}" for k in _COMPARED) + f"  -> {path}")
+        echo(f"      {name:26s} " + "  ".join(f"{k}={report.metrics[k]:.4f}" for k in _COMPARED) + f"  -> {path}")
     index = write_index(out, rows, temperature=float(scaler.temperature_))
     echo(f"done in {time.perf_counter() - t0:.1f} s; open {index}")
     return index
@@ -112,7 +119,9 @@ def write_index(out: Path, rows: dict[str, tuple[str, dict[str, float]]], *, tem
         "<p>An MLP trained to overfit scikit-learn's digits is frozen and scored on held-out digits, with "
         "rotated noisy digits as out-of-distribution inputs. Temperature scaling, fitted on a validation "
         f"split (T = {temperature:.3f}), changes no prediction but should lower NLL and ECE. A deep ensemble "
-        "of five such networks, trained together, averages their probabilities.</p>"
+        "of five such networks, trained together, averages their probabilities. The Mahalanobis row keeps the "
+        "temperature-scaled predictions and scores OOD inputs by their distance to the class means of the frozen "
+        "network's last hidden features.</p>"
         f"<table><tr><th>stage</th>{head}</tr>{body}</table></body></html>"
     )
     path = out / "index.html"

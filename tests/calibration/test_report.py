@@ -92,3 +92,17 @@ def test_arrays_are_accepted_in_place_of_a_predictive(classification_case):
     assert a.metrics == b.metrics
     with pytest.raises(ValueError, match="expected 'logits' or 'probs'"):
         uqkit.evaluate({"scores": np.zeros(3)}, labels.numpy())
+
+
+def test_precomputed_ood_scores_match_sklearn(classification_case):
+    from sklearn.metrics import roc_auc_score
+
+    logits, labels, _ = classification_case
+    s_in, s_out = torch.randn(400, generator=torch.Generator().manual_seed(1)), torch.randn(300) + 1
+    report = uqkit.evaluate(Predictive.from_logits(logits), labels, ood_scores=(s_in, s_out), ood_score="custom",
+                            make_figures=False)
+    truth = np.r_[np.zeros(400), np.ones(300)]
+    assert report.metrics["ood_auroc"] == pytest.approx(roc_auc_score(truth, np.r_[s_in.numpy(), s_out.numpy()]))
+    assert report.meta["ood_score"] == "custom"
+    with pytest.raises(ValueError, match="ood_scores\\[1\\]: expected finite"):
+        uqkit.evaluate(Predictive.from_logits(logits), labels, ood_scores=(s_in, torch.tensor([float("nan")])))

@@ -10,8 +10,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from uqkit._checks import check_float
 from uqkit.calibration import classification as cls_metrics
-from uqkit.calibration import figures, ood, regression, selective
+from uqkit.calibration import figures, regression, selective
+from uqkit.calibration import ood as ood_metrics
 from uqkit.calibration.predictive import Predictive
 from uqkit.calibration.report import Report
 
@@ -25,6 +27,7 @@ def evaluate(
     *,
     ood: Predictive | Mapping[str, Any] | None = None,
     ood_score: str | None = None,
+    ood_scores: tuple[object, object] | None = None,
     posterior: Any = None,
     title: str | None = None,
     num_bins: int = 15,
@@ -38,7 +41,9 @@ def evaluate(
             ``mean`` with ``var``/``std``).
         y: ``[N]`` labels (classification) or targets ``[N]``/``[N, D]`` (regression).
         ood: predictions on out-of-distribution inputs, same task; adds ``ood_*`` metrics and figures.
-        ood_score: name in ``ood.OOD_SCORES``; default "msp" for classification, "variance" for regression.
+        ood_score: name in ``ood_metrics.OOD_SCORES``; default "msp" for classification, "variance" for regression.
+        ood_scores: precomputed ``(scores_in [N], scores_out [M])``, higher = more OOD (e.g. a wrapper's
+            ``ood_score(x)``), used instead of ``ood``/``ood_score``.
         posterior: optional `Posterior` (anything with ``to_arviz()``) for R-hat/ESS diagnostics and traces.
         title: report title.
         num_bins: bins for the ECE family and the reliability diagram.
@@ -56,9 +61,17 @@ def evaluate(
         _score_classification(report, pred, y, num_bins=num_bins, make_figures=make_figures)
     else:
         _score_regression(report, pred, y, make_figures=make_figures)
-    if ood_pred is not None:
+    if ood_scores is not None:
+        if ood_pred is not None:
+            raise ValueError("ood_scores: give either ood (a predictive to score) or ood_scores, not both")
+        s_in, s_out = (check_float(s, name, ndim=1) for s, name in zip(ood_scores, ("ood_scores[0]", "ood_scores[1]")))
+        _score_ood(report, s_in, s_out, ood_score or "supplied", make_figures=make_figures)
+    elif ood_pred is not None:
         score_name = ood_score or ("msp" if pred.task == "classification" else "variance")
-        _score_ood(report, pred, ood_pred, score_name, make_figures=make_figures)
+        if score_name not in ood_metrics.OOD_SCORES:
+            raise ValueError(f"ood_score: expected one of {sorted(ood_metrics.OOD_SCORES)}, got {score_name!r}")
+        score = ood_metrics.OOD_SCORES[score_name]
+        _score_ood(report, score(pred), score(ood_pred), score_name, make_figures=make_figures)
     if posterior is not None:
         _diagnose(report, posterior, make_figures=make_figures)
     report.meta.update({
@@ -139,21 +152,17 @@ def _score_regression(report: Report, pred: Predictive, y: object, *, make_figur
         report.figures["coverage"] = figures.coverage_plot(levels, cover, widths)
 
 
-def _score_ood(report: Report, pred: Predictive, ood_pred: Predictive, score_name: str, *, make_figures: bool) -> None:
-    if score_name not in ood.OOD_SCORES:
-        raise ValueError(f"ood_score: expected one of {sorted(ood.OOD_SCORES)}, got {score_name!r}")
-    score = ood.OOD_SCORES[score_name]
-    s_in, s_out = score(pred), score(ood_pred)
+def _score_ood(report: Report, s_in: Tensor, s_out: Tensor, score_name: str, *, make_figures: bool) -> None:
     m = report.metrics
-    m["ood_auroc"] = float(ood.ood_auroc(s_in, s_out))
-    m["ood_aupr_in"] = float(ood.ood_aupr_in(s_in, s_out))
-    m["ood_aupr_out"] = float(ood.ood_aupr_out(s_in, s_out))
-    m["ood_fpr95"] = float(ood.fpr_at_tpr(s_in, s_out, tpr=0.95))
+    m["ood_auroc"] = float(ood_metrics.ood_auroc(s_in, s_out))
+    m["ood_aupr_in"] = float(ood_metrics.ood_aupr_in(s_in, s_out))
+    m["ood_aupr_out"] = float(ood_metrics.ood_aupr_out(s_in, s_out))
+    m["ood_fpr95"] = float(ood_metrics.fpr_at_tpr(s_in, s_out, tpr=0.95))
     report.meta["ood_score"] = score_name
-    report.meta["num_ood_points"] = ood_pred.num_points
+    report.meta["num_ood_points"] = len(s_out)
     if make_figures:
         report.figures["ood_histogram"] = figures.ood_histogram(s_in, s_out, score_name=score_name)
-        fpr, tpr = ood.ood_roc_curve(s_in, s_out)
+        fpr, tpr = ood_metrics.ood_roc_curve(s_in, s_out)
         report.figures["ood_roc"] = figures.roc_plot(fpr, tpr, auroc=m["ood_auroc"])
 
 
