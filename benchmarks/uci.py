@@ -91,10 +91,23 @@ def sghmc(split: UCISplit, seed: int) -> Predictive:
     from uqkit.inference.fit import fit
     from uqkit.models import MLP, Gaussian, LayerwiseGaussian, ModelSpec
 
-    spec = ModelSpec(MLP(split.num_features, [50], 1), LayerwiseGaussian(1.0, 1.0),
+    spec = ModelSpec(MLP(split.num_features, [50], 1).double(), LayerwiseGaussian(1.0, 1.0),
                      Gaussian(noise_std=0.1**0.5, learn_noise=True), num_data=split.x_train.shape[0])
     post = fit(spec, (split.x_train, split.y_train), engine="sghmc", step_size=0.01, mdecay=0.01, num_chains=2,
                num_warmup=2000, num_samples=50, thinning=50, batch_size=32, seed=seed, progress=False)
+    return post.predict(split.x_test)
+
+
+@method("nuts")
+def nuts(split: UCISplit, seed: int) -> Predictive:
+    """Full-batch NUTS on a small BNN (1x10 tanh, layer-wise Gaussian prior, learned noise), 4 chains vectorised."""
+    from uqkit.inference.fit import fit
+    from uqkit.models import MLP, Gaussian, LayerwiseGaussian, ModelSpec
+
+    spec = ModelSpec(MLP(split.num_features, [10], 1).double(), LayerwiseGaussian(1.0, 1.0),
+                     Gaussian(noise_std=0.1**0.5, learn_noise=True), num_data=split.x_train.shape[0])
+    post = fit(spec, (split.x_train, split.y_train), engine="nuts", num_chains=4, num_warmup=300, num_samples=100,
+               thinning=1, seed=seed, progress=False, max_tree_depth=8)
     return post.predict(split.x_test)
 
 
