@@ -24,6 +24,15 @@ def _float64():
     torch.set_default_dtype(old)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tests use tiny tensors: one intra-op thread avoids OpenMP spin-waits when the 2 cores are busy."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(params=_seeds())
 def seed(request) -> int:
     """The test seed: 0 by default; every seed in UQKIT_TEST_SEEDS must pass."""

@@ -31,15 +31,6 @@ def _noisy_classification(generator, num_points=400, num_classes=4, temperature=
 def _train_overconfident_mlp(seed: int):
     """A float32 MLP overfitted to 300 digits (800 full-batch Adam steps, no weight decay); logits on
     a 600-image validation split and the 897-image test split."""
-    num_threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matmuls: a second thread only adds spin-waiting on a busy machine
-    try:
-        return _train_mlp(seed)
-    finally:
-        torch.set_num_threads(num_threads)
-
-
-def _train_mlp(seed: int):
     x, y = load_digits(return_X_y=True)
     x, y = torch.tensor(x / 16.0, dtype=torch.float32), torch.tensor(y)
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))

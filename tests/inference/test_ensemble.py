@@ -21,15 +21,6 @@ from uqkit.models.spec import ModelSpec
 N = 64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP spin-waits on the shared 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _regression(generator: torch.Generator) -> tuple[ModelSpec, torch.Tensor, torch.Tensor]:
     x = torch.randn(N, 3, generator=generator)
     y = torch.sin(x[:, 0]) + 0.1 * torch.randn(N, generator=generator)

@@ -17,15 +17,6 @@ from uqkit.models.spec import ModelSpec
 N = 64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP spin-waits on the shared 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _nig_numpy(raw: torch.Tensor, eps: float = 1e-6):
     g, n, a, b = (c.numpy() for c in raw.chunk(4, -1))
     soft = lambda z: np.logaddexp(0, z)  # noqa: E731

@@ -18,15 +18,6 @@ from uqkit.models.spec import ModelSpec
 N = 64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP spin-waits on the shared 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _net(p: float = 0.1) -> nn.Module:
     return nn.Sequential(nn.Dropout(p), nn.Linear(3, 16), nn.ReLU(), nn.Dropout(p), nn.Linear(16, 1))
 
