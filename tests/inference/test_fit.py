@@ -233,3 +233,15 @@ def test_bad_data():
         fit(_spec(), DataLoader(TensorDataset(x, y), batch_size=5), **RUN)
     with pytest.raises(TypeError, match="^spec:"):
         fit("spec", (x, y), **RUN)
+
+
+def test_full_batch_engines_refuse_a_float32_network():
+    import torch
+
+    from uqkit.inference.fit import fit
+    from uqkit.models import MLP, Gaussian, IsotropicGaussian, ModelSpec
+
+    x = torch.randn(20, 2, dtype=torch.float32)
+    spec = ModelSpec(MLP(2, [4], 1).float(), IsotropicGaussian(1.0), Gaussian(0.1), num_data=20)
+    with pytest.raises(ValueError, match="spec: nuts runs in float64"):
+        fit(spec, (x, x.sum(1)), engine="nuts", num_warmup=5, num_samples=5, progress=False)

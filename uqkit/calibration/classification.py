@@ -139,9 +139,9 @@ def classwise_ece(probs: object, labels: object, *, num_bins: int = 15) -> Tenso
     for rows in _row_blocks(num_points, num_classes):
         block = p[rows]
         flat = torch.bucketize(block, inner).add_(offsets)  # [rows, C] right-closed bins, as in `_binned`
-        conf_sum += torch.bincount(flat.view(-1), weights=block.reshape(-1).to(torch.float64), minlength=hits.numel())
+        conf_sum.scatter_add_(0, flat.view(-1), block.reshape(-1).to(torch.float64))
         label_bins = flat.gather(1, y[rows].unsqueeze(1)).squeeze(1)  # the one bin per row whose class is the label
-        hits += torch.bincount(label_bins, minlength=hits.numel())
+        hits.scatter_add_(0, label_bins, _ones_like(label_bins))
     per_class = (hits - conf_sum).abs().view(num_classes, num_bins).sum(1) / num_points
     return per_class.mean()
 
@@ -191,10 +191,18 @@ def _binned(conf: Tensor, correct: Tensor, num_bins: int, binning: str) -> tuple
         ranks = -(-torch.arange(1, num_bins, device=conf.device) * num_points // num_bins) - 1  # ceil(m N / M) - 1
         edges = torch.cat([conf.new_zeros(1), conf.sort().values[ranks], conf.new_ones(1)])
     idx = torch.bucketize(conf, edges[1:-1])  # (e_{m-1}, e_m] -> m - 1; <= e_1 -> 0; > e_{M-1} -> M - 1
-    count = torch.bincount(idx, minlength=num_bins).to(torch.float64)
-    hits = torch.bincount(idx, weights=correct.to(torch.float64), minlength=num_bins)
-    conf_sum = torch.bincount(idx, weights=conf.to(torch.float64), minlength=num_bins)
+    count, hits, conf_sum = (_bin_sums(idx, values, num_bins) for values in (_ones_like(idx), correct, conf))
     return edges, count, hits, conf_sum
+
+
+def _bin_sums(idx: Tensor, values: Tensor, num_bins: int) -> Tensor:
+    """``[M]`` float64 sums of ``values`` per bin index (scatter_add_: unlike bincount, no min/max passes over idx)."""
+    out = torch.zeros(num_bins, dtype=torch.float64, device=idx.device)
+    return out.scatter_add_(0, idx, values.to(torch.float64))
+
+
+def _ones_like(idx: Tensor) -> Tensor:
+    return torch.ones((), dtype=torch.float64, device=idx.device).expand(idx.shape)
 
 
 def _width_edges(num_bins: int, like: Tensor) -> Tensor:

@@ -329,6 +329,9 @@ def _fit_full_batch(spec: ModelSpec, data: object, method: str, *, num_chains: i
     """NUTS/HMC on the full-data log joint over the flattened weights, through `uqkit.inference.sample.sample`."""
     from uqkit.inference.sample import sample
 
+    if spec.dtype != torch.float64:
+        raise ValueError(f"spec: {method} runs in float64 (energy errors decide acceptance); build the network "
+                         f"in float64, e.g. MLP(...).double(), got {spec.dtype}")
     batch = _BatchSource.build(data, None, spec).full_data()
     names, shapes = zip(*((k, v.shape) for k, v in spec.param_template().items()))
     sizes = [s.numel() for s in shapes]
