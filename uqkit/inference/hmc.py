@@ -259,9 +259,23 @@ def check_adapt_options(step_size: float | None, target_accept: float) -> None:
     check_level(target_accept, "target_accept")
 
 
+class AdaptiveKernel:
+    """What HMC and NUTS configs share: Stan-style warmup options and the initial state."""
+
+    @property
+    def adapt_options(self) -> AdaptOptions:
+        return AdaptOptions(self.target_accept, self.dense_mass, self.adapt_step_size, self.adapt_mass)
+
+    def init(self, log_density: LogDensity, position: Tensor, *, generator: torch.Generator,
+             num_warmup: int = 0) -> HMCState:
+        """The state at ``position [C, D]``; the next ``num_warmup`` transitions adapt."""
+        return init_state(log_density, position, step_size=self.step_size, options=self.adapt_options,
+                          num_warmup=num_warmup, generator=generator, engine=self.name)
+
+
 @register_engine("hmc")
 @dataclass(frozen=True)
-class HMC:
+class HMC(AdaptiveKernel):
     """Hamiltonian Monte Carlo with a fixed or jittered number of leapfrog steps, Metropolis-corrected.
 
     z, p ← leapfrog^L(z, p) with p ~ N(0, M); accept with probability min(1, exp(H₀ − H_L)).
@@ -292,16 +306,6 @@ class HMC:
         if not 0 <= check_positive(self.jitter, "jitter", allow_zero=True) < 1:
             raise ValueError(f"jitter: expected a number in [0, 1), got {self.jitter!r}")
         check_adapt_options(self.step_size, self.target_accept)
-
-    @property
-    def adapt_options(self) -> AdaptOptions:
-        return AdaptOptions(self.target_accept, self.dense_mass, self.adapt_step_size, self.adapt_mass)
-
-    def init(self, log_density: LogDensity, position: Tensor, *, generator: torch.Generator,
-             num_warmup: int = 0) -> HMCState:
-        """The state at ``position [C, D]``; the next ``num_warmup`` transitions adapt."""
-        return init_state(log_density, position, step_size=self.step_size, options=self.adapt_options,
-                          num_warmup=num_warmup, generator=generator, engine="hmc")
 
     def step(self, log_density: LogDensity, state: HMCState, *, generator: torch.Generator) -> tuple[HMCState, HMCInfo]:
         """One transition of every chain (and one warmup update while warmup lasts)."""

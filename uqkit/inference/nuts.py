@@ -23,13 +23,12 @@ from torch import Tensor
 
 from uqkit.inference.hmc import (
     MAX_ENERGY_ERROR,
-    AdaptOptions,
+    AdaptiveKernel,
     HMCInfo,
     HMCState,
     LogDensity,
     adapt,
     check_adapt_options,
-    init_state,
     kinetic_energy,
     leapfrog,
     sample_momentum,
@@ -40,7 +39,7 @@ from uqkit.registry import register_engine
 
 @register_engine("nuts")
 @dataclass(frozen=True)
-class NUTS:
+class NUTS(AdaptiveKernel):
     """No-U-Turn Sampler with multinomial sampling and Stan-style warmup.
 
     Args:
@@ -63,16 +62,6 @@ class NUTS:
         if not isinstance(self.max_tree_depth, int) or not 1 <= self.max_tree_depth <= 20:
             raise ValueError(f"max_tree_depth: expected an integer in [1, 20], got {self.max_tree_depth!r}")
         check_adapt_options(self.step_size, self.target_accept)
-
-    @property
-    def adapt_options(self) -> AdaptOptions:
-        return AdaptOptions(self.target_accept, self.dense_mass, self.adapt_step_size, self.adapt_mass)
-
-    def init(self, log_density: LogDensity, position: Tensor, *, generator: torch.Generator,
-             num_warmup: int = 0) -> HMCState:
-        """The state at ``position [C, D]``; the next ``num_warmup`` transitions adapt."""
-        return init_state(log_density, position, step_size=self.step_size, options=self.adapt_options,
-                          num_warmup=num_warmup, generator=generator, engine="nuts")
 
     def step(self, log_density: LogDensity, state: HMCState, *, generator: torch.Generator) -> tuple[HMCState, HMCInfo]:
         """One NUTS transition of every chain (and one warmup update while warmup lasts)."""
