@@ -115,8 +115,7 @@ def _score_classification(report: Report, pred: Predictive, y: object, *, num_bi
     labels = torch.as_tensor(np.asarray(y)) if not isinstance(y, Tensor) else y
     nll = -pred.log_prob(labels).mean()  # validates the labels; exact from logits when known
     labels = labels.long()
-    confidence, predicted = probs.max(-1)
-    correct = predicted == labels
+    confidence, correct = cls_metrics.top_label(probs, labels)
     m = report.metrics
     m["accuracy"] = float(cls_metrics.accuracy(probs, labels))
     m["nll"] = float(nll)

@@ -14,7 +14,7 @@ state: the returned state holds new tensors.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, ClassVar, Protocol, TypeVar
 
 import torch
@@ -151,6 +151,15 @@ def state_from_tensors(template: S, tensors: dict[str, Tensor]) -> S:
     except KeyError as err:
         raise ValueError(f"checkpoint: the engine state is missing tensor {err.args[0]!r}") from None
     return replace(template, **updates)
+
+
+class DrawsPosterior:
+    """For engines whose posterior is the collected draws: the `Engine.posterior` method, with the
+    engine's name and config recorded in ``meta``."""
+
+    def posterior(self, spec: ModelSpec, trace: Trace, *, meta: dict[str, Any] | None = None) -> Posterior:
+        """Posterior over the collected draws (for cyclical engines, those of the sampling phases)."""
+        return posterior_from_trace(spec, trace, meta={"engine": self.name, "config": asdict(self), **(meta or {})})
 
 
 def posterior_from_trace(spec: ModelSpec, trace: Trace, *, meta: dict[str, Any] | None = None) -> Posterior:

@@ -3,23 +3,21 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Any, ClassVar, Literal
+from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import torch
 
 from uqkit._checks import check_positive
 from uqkit.inference.base import (
+    DrawsPosterior,
     Params,
     StepInfo,
-    Trace,
     check_int,
     gaussian_noise,
     log_joint_and_grad,
     maybe_gibbs,
-    posterior_from_trace,
 )
-from uqkit.inference.posterior import Posterior
 from uqkit.models.priors import Prior
 from uqkit.models.spec import Batch, ModelSpec
 from uqkit.registry import register_engine
@@ -27,7 +25,7 @@ from uqkit.registry import register_engine
 
 @register_engine("cyclical")
 @dataclass(frozen=True)
-class Cyclical:
+class Cyclical(DrawsPosterior):
     """cSG-MCMC: a cosine step size restarted every ``cycle_length`` steps, exploring then sampling.
 
     At step k, with ``u = (k mod L) / L``, the step size is ``eps_k = step_size / 2 * (cos(pi u) + 1)``.
@@ -103,10 +101,6 @@ class Cyclical:
         prior = maybe_gibbs(spec, state.prior, params, state.step + 1, self.gibbs_every, generator)
         new_state = CyclicalState(params=params, momentum=momentum, prior=prior, step=state.step + 1)
         return new_state, StepInfo(log_density, step_size, sampling=sampling)
-
-    def posterior(self, spec: ModelSpec, trace: Trace, *, meta: dict[str, Any] | None = None) -> Posterior:
-        """Posterior over the draws collected in sampling phases."""
-        return posterior_from_trace(spec, trace, meta={"engine": self.name, "config": asdict(self), **(meta or {})})
 
 
 @dataclass(frozen=True)

@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from uqkit._checks import check_positive
 from uqkit.inference.base import (
+    DrawsPosterior,
     Params,
     StepInfo,
-    Trace,
     check_int,
     gaussian_noise,
     log_joint_and_grad,
     maybe_gibbs,
-    posterior_from_trace,
 )
-from uqkit.inference.posterior import Posterior
 from uqkit.models.priors import Prior
 from uqkit.models.spec import Batch, ModelSpec
 from uqkit.registry import register_engine
@@ -28,7 +26,7 @@ _MIN_NOISE_VAR = 1e-16
 
 @register_engine("sghmc")
 @dataclass(frozen=True)
-class SGHMC:
+class SGHMC(DrawsPosterior):
     """Scale-adapted SGHMC: ``v <- v - eps^2 m^-1 grad U - c v + N(0, 2 eps^2 c m^-1 T - eps^4)``, ``theta <- theta + v``.
 
     ``U = -log p_hat`` is the minibatch estimate of the full-data potential, ``eps^2 = step_size^2 / N``
@@ -116,10 +114,6 @@ class SGHMC:
         torch._foreach_clamp_min_(noise_std, _MIN_NOISE_VAR)
         torch._foreach_sqrt_(noise_std)
         return dict(zip(v_hat, inv_mass)), dict(zip(v_hat, noise_std))
-
-    def posterior(self, spec: ModelSpec, trace: Trace, *, meta: dict[str, Any] | None = None) -> Posterior:
-        """Posterior over the collected draws."""
-        return posterior_from_trace(spec, trace, meta={"engine": self.name, "config": asdict(self), **(meta or {})})
 
 
 @dataclass(frozen=True)

@@ -3,23 +3,21 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from uqkit._checks import check_positive
 from uqkit.inference.base import (
+    DrawsPosterior,
     Params,
     StepInfo,
-    Trace,
     check_int,
     gaussian_noise,
     log_joint_and_grad,
     maybe_gibbs,
-    posterior_from_trace,
 )
-from uqkit.inference.posterior import Posterior
 from uqkit.models.priors import Prior
 from uqkit.models.spec import Batch, ModelSpec
 from uqkit.registry import register_engine
@@ -27,7 +25,7 @@ from uqkit.registry import register_engine
 
 @register_engine("sgld")
 @dataclass(frozen=True)
-class SGLD:
+class SGLD(DrawsPosterior):
     """SGLD: ``theta <- theta + eps/2 * grad log p_hat(theta) + N(0, eps * T)``.
 
     ``log p_hat`` is the unbiased minibatch estimate of the full-data log joint
@@ -67,10 +65,6 @@ class SGLD:
         params = dict(zip(names, new))
         prior = maybe_gibbs(spec, state.prior, params, state.step + 1, self.gibbs_every, generator)
         return SGLDState(params=params, prior=prior, step=state.step + 1), StepInfo(log_density, self.step_size)
-
-    def posterior(self, spec: ModelSpec, trace: Trace, *, meta: dict[str, Any] | None = None) -> Posterior:
-        """Posterior over the collected draws."""
-        return posterior_from_trace(spec, trace, meta={"engine": self.name, "config": asdict(self), **(meta or {})})
 
 
 @dataclass(frozen=True)
