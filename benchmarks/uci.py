@@ -38,6 +38,7 @@ from _common import context, context_str  # noqa: E402
 from uqkit.calibration.predictive import Predictive  # noqa: E402
 from uqkit.data.uci import UCISplit, load_uci, num_uci_splits, uci_datasets, uci_root  # noqa: E402
 from uqkit.models.linear import BayesianLinearRegression  # noqa: E402
+from uqkit.parallel import BACKENDS, connect_ray, run_tasks  # noqa: E402
 
 MethodFn = Callable[[UCISplit, int], Predictive]
 
@@ -117,31 +118,55 @@ method("ensemble")(ensemble)
 method("mc-dropout")(mc_dropout)
 method("der")(der)
 
+from uci_functional import fg, gpi_g, gpi_h  # noqa: E402  (issue 4A: GP-matched priors + SGHMC)
+
+method("gpi-g")(gpi_g)
+method("gpi-h")(gpi_h)
+method("fg")(fg)
+
+from uci_vi import mfvi, ssvi  # noqa: E402  (issue 8: mean-field VI and SSVI)
+
+method("mfvi")(mfvi)
+method("ssvi")(ssvi)
+
+from uci_nngp import nngp, stp  # noqa: E402  (issue 4B: NNGP and Student-t process)
+
+method("nngp")(nngp)
+method("stp")(stp)
+
+from uci_pfn import pfn  # noqa: E402  (issue 7: the shipped gp-hyper PFN, inputs of at most 5 features)
+
+method("pfn")(pfn)
+
 
 def run_dataset(
-    method_names: list[str], dataset: str, num_splits: int, root: str | None, seed: int, *, as_json: bool
+    method_names: list[str], dataset: str, num_splits: int, root: str | None, seed: int, *, as_json: bool,
+    backend: str = "local", address: str | None = None,
 ) -> list[dict]:
     """Run the methods on the first ``num_splits`` splits, alternating per split; one summary per method.
 
-    In text mode a line per split and method is printed as it finishes. When several methods are timed
-    against each other, each first runs once, untimed, on split 0 (lazy initialisation out of the clock).
+    In text mode a line per split and method is printed as it finishes (with ``backend="ray"``, once
+    all have finished). When several methods are timed against each other locally, each first runs
+    once, untimed, on split 0 (lazy initialisation out of the clock).
     """
-    if len(method_names) > 1:
+    if len(method_names) > 1 and backend == "local":
         first = load_uci(dataset, 0, root)
         for name in method_names:
             METHODS[name](first, seed)
     rows: dict[str, list[dict]] = {name: [] for name in method_names}
-    for k in range(num_splits):
-        split = load_uci(dataset, k, root)
-        for name in method_names:
-            row = _score(name, split, seed)
-            rows[name].append(row)
-            if not as_json:
-                print(
-                    f"{name} {split.name} split {k:2d}: RMSE {row['rmse']:.4f}  NLL {row['nll']:.4f}  "
-                    f"{row['seconds']:.4f} s  [{context_str()}]"
-                )
-    return [_summarise(name, split.name, rows[name]) for name in method_names]
+    tasks = [(name, dataset, k, root, seed) for k in range(num_splits) for name in method_names]
+    if backend == "ray":  # every (split, method) as a Ray task; rows come back in task order
+        results = run_tasks(_score_task, tasks, backend="ray", address=address, desc=dataset, progress=not as_json)
+        scored = [{"split": k, **{key: float(v) for key, v in r.items()}} for (_, _, k, _, _), r in zip(tasks, results)]
+    else:
+        scored = (_score(name, load_uci(dataset, k, root), seed) for name, _, k, _, _ in tasks)
+    for (name, _, k, _, _), row in zip(tasks, scored):
+        rows[name].append(row)
+        if not as_json:
+            print(f"{name} {dataset} split {k:2d}: RMSE {row['rmse']:.4f}  NLL {row['nll']:.4f}  "
+                  f"{row['seconds']:.4f} s  [{context_str()}]")
+    name = load_uci(dataset, 0, root).name
+    return [_summarise(method_name, name, rows[method_name]) for method_name in method_names]
 
 
 def print_summary(result: dict) -> None:
@@ -176,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed passed to the method")
     parser.add_argument("--json", action="store_true", help="print one JSON object per data set, nothing else")
     parser.add_argument("--threads", type=int, default=None, help="limit torch, BLAS and OpenMP to N threads")
+    parser.add_argument("--backend", default="local", choices=BACKENDS,
+                        help="run the splits one after another here, or as Ray tasks (pip install 'uqkit[ray]')")
+    parser.add_argument("--address", default=None, help="Ray cluster address (default: start Ray on this machine)")
     args = parser.parse_args(argv)
 
     for flag, name in (("--method", args.method), ("--peer", args.peer)):
@@ -202,8 +230,14 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, TypeError) as err:
         parser.error(str(err))
 
+    if args.backend == "ray":
+        try:
+            start_ray(args.address)
+        except (ImportError, ValueError) as err:
+            parser.error(str(err))
     for name, num_splits in plan:
-        results = run_dataset(method_names, name, num_splits, args.data_dir, args.seed, as_json=args.json)
+        results = run_dataset(method_names, name, num_splits, args.data_dir, args.seed, as_json=args.json,
+                              backend=args.backend, address=args.address)
         if args.peer is not None:
             results[0]["peer"] = args.peer
             results[0]["seconds_ratio"] = results[0]["seconds"] / results[1]["seconds"]
@@ -215,6 +249,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.peer is not None and not args.json:
             print(f"  time {args.method} / {args.peer}: {results[0]['seconds_ratio']:.3f}  [{context_str()}]")
     return 0
+
+
+def start_ray(address: str | None) -> None:
+    """Start (or join) Ray, shipping this folder to the workers so that they can import the method modules."""
+    connect_ray(address, runtime_env={"working_dir": os.path.dirname(os.path.abspath(__file__))})
+
+
+def _score_task(task: tuple[str, str, int, str | None, int], report: object) -> dict[str, torch.Tensor]:
+    """`_score` as a `uqkit.parallel` task: the worker loads its own split (from its ``$UQKIT_DATA`` or ``root``)."""
+    method_name, dataset, k, root, seed = task
+    row = _score(method_name, load_uci(dataset, k, root), seed)
+    return {key: torch.tensor(float(row[key]), dtype=torch.float64) for key in ("rmse", "nll", "seconds")}
 
 
 def _score(method_name: str, split: UCISplit, seed: int) -> dict:

@@ -36,6 +36,8 @@ def as_tensor(x: object, name: str, *, dtype: torch.dtype | None = None) -> Tens
             raise TypeError(f"{name}: expected a numeric array, got {type(x).__name__}: {err}") from None
     else:
         raise TypeError(f"{name}: expected a tensor or numpy array, got {type(x).__name__}")
+    if t.device.type == "meta":
+        raise ValueError(f"{name}: expected a tensor with data, got one on the 'meta' device")
     if t.dtype in (torch.float16, torch.bfloat16):
         t = t.float()
     if dtype is not None:
@@ -124,6 +126,8 @@ def check_level(value: float, name: str) -> float:
 
 def _float_tensor(x: object, name: str, ndim: int | Sequence[int] | None) -> Tensor:
     t = as_tensor(x, name)
+    if t.dtype.is_complex:
+        raise TypeError(f"{name}: expected a real floating array, got {t.dtype}")
     if not t.is_floating_point():
         t = t.to(torch.get_default_dtype())
     _check_ndim(t, name, ndim)

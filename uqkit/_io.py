@@ -38,7 +38,10 @@ def load_tensors(path: str | Path, *, kind: str) -> tuple[dict[str, Tensor], dic
     if not path.is_file():
         raise ValueError(f"path: no such file: {path}")
     try:
-        tensors = load(path.read_bytes())
+        # Copies in torch's own (64-byte aligned) memory: tensors viewing the file's bytes sit at
+        # alignments that vary from load to load, and vectorised kernels round differently on them,
+        # so a resumed run would drift from an uninterrupted one in the last bits.
+        tensors = {k: v.clone() for k, v in load(path.read_bytes()).items()}
         with safe_open(str(path), framework="pt") as f:
             meta = dict(f.metadata() or {})
     except (SafetensorError, ValueError, OSError, RuntimeError) as err:

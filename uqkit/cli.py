@@ -98,9 +98,11 @@ def _recalibrate(arrays, validation: Path | None, pred, ood):
 
 
 def _write_figures(result, fig_dir: Path) -> None:
+    from uqkit.calibration.report import figure_filename
+
     fig_dir.mkdir(parents=True, exist_ok=True)
     for name, png in result.figures.items():
-        (fig_dir / f"{name}.png").write_bytes(png)
+        (fig_dir / figure_filename(name)).write_bytes(png)
 
 
 def load_npz(path: Path, what: str) -> dict[str, np.ndarray]:
@@ -128,6 +130,50 @@ def demo(out_dir: Path, seed: int) -> None:
     from uqkit.demo import run_demo
 
     run_demo(out_dir, seed=seed, echo=click.echo)
+
+
+@main.group()
+def pfn() -> None:
+    """Prior-data fitted networks: train on a prior, predict in one forward pass."""
+
+
+@pfn.command("train")
+@click.option("--prior", "prior_name", required=True, help="Prior simulator: gp, gp-hyper or gp-classification.")
+@click.option("--steps", required=True, type=int, help="Optimiser steps (the cosine schedule ends here).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Checkpoint (.safetensors).")
+@click.option("--resume", is_flag=True, help="Continue the run saved in --out.")
+@click.option("--batch-size", default=16, show_default=True, help="Datasets per step.")
+@click.option("--seq-len", default=128, show_default=True, help="Points per dataset (context + queries).")
+@click.option("--max-context", default=100, show_default=True, help="Largest context size.")
+@click.option("--lr", default=1e-3, show_default=True, help="Peak learning rate.")
+@click.option("--warmup", default=200, show_default=True, help="Linear warm-up steps.")
+@click.option("--checkpoint-every", default=250, show_default=True, help="Steps between checkpoints.")
+@click.option("--d-model", default=128, show_default=True, help="Transformer width.")
+@click.option("--layers", default=4, show_default=True, help="Transformer layers.")
+@click.option("--buckets", default=1000, show_default=True, help="Bar-distribution buckets.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the data stream and initial weights.")
+@click.option("--threads", default=1, show_default=True, help="torch intra-op threads.")
+@_user_errors
+def pfn_train(prior_name: str, steps: int, out: Path, resume: bool, batch_size: int, seq_len: int,
+              max_context: int, lr: float, warmup: int, checkpoint_every: int, d_model: int, layers: int,
+              buckets: int, seed: int, threads: int) -> None:
+    """Train a PFN on a prior; checkpoints go to --out (resumable with --resume)."""
+    import torch
+
+    from uqkit.inference.pfn import PFNConfig, TrainConfig, train_pfn
+    from uqkit.models.pfn_priors import prior_by_name
+
+    torch.set_num_threads(threads)
+    simulator = prior_by_name(prior_name)
+    outputs = getattr(simulator, "num_classes", buckets)
+    model = PFNConfig(max_input_dim=simulator.input_dims[1], num_outputs=outputs, d_model=d_model,
+                      num_heads=4, num_layers=layers, d_ff=2 * d_model)
+    train = TrainConfig(steps=steps, batch_size=batch_size, seq_len=seq_len, max_context=max_context, lr=lr,
+                        warmup=warmup, checkpoint_every=checkpoint_every, seed=seed)
+    command = "uqkit pfn train " + " ".join(sys.argv[3:] if sys.argv[1:3] == ["pfn", "train"] else sys.argv[1:])
+    result = train_pfn(simulator, out, train, model, resume=resume, num_buckets=buckets, command=command)
+    info = result.training_info
+    click.echo(f"wrote {out}: {info['steps']} steps, {info['wall_time_s']} s, final loss {info['final_loss_ema']:.4f}")
 
 
 if __name__ == "__main__":  # pragma: no cover

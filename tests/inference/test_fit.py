@@ -148,10 +148,10 @@ def test_checkpoint_errors(tmp_path):
         fit(_spec(), _data(), checkpoint=mine, seed=1, **RUN)
 
 
-def test_nan_in_data_names_the_engine_and_the_step():
+def test_nan_in_data_is_refused_before_the_first_step_naming_the_engine():
     x, y = _data()
     x[7, 0] = float("nan")
-    with pytest.raises(ValueError, match=r"^sghmc: step \d+: .*NaN"):
+    with pytest.raises(ValueError, match=r"^x: expected finite values.*\(engine sghmc\)$"):
         fit(_spec(), (x, y), **RUN)
 
 

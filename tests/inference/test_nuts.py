@@ -138,6 +138,30 @@ def test_same_generator_state_gives_identical_step(seed):
     assert torch.equal(out[0][1].accept_prob, out[1][1].accept_prob)
 
 
+def test_num_steps_counts_the_leapfrog_steps_of_the_longest_chain(seed):
+    """Chains run in lockstep and never restart within a transition, so the chain that stops last was
+    active at every batched log density call: its ``num_steps`` equals the number of calls."""
+    target = eight_schools_noncentered
+    calls = []
+
+    def counted(z: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        return target(z)
+
+    kernel, generator = NUTS(max_tree_depth=6), torch.Generator().manual_seed(seed)
+    state = kernel.init(counted, 0.1 * torch.randn(4, 10, generator=generator), generator=generator, num_warmup=0)
+    spread = set()
+    for _ in range(30):
+        calls.clear()
+        state, info = kernel.step(counted, state, generator=generator)
+        assert int(info.num_steps.max()) == len(calls)
+        # the completed doublings, plus at most the subtree that stopped it
+        assert bool((2**info.tree_depth - 1 <= info.num_steps).all())
+        assert bool((info.num_steps <= 2 ** (info.tree_depth + 1) - 1).all())
+        spread.add(int(info.num_steps.max() - info.num_steps.min()))
+    assert max(spread) > 0  # some transitions had chains stop at different times
+
+
 @pytest.mark.parametrize("dense_mass", [False, True])
 def test_steps_equal_half_save_load_half(tmp_path, seed, dense_mass):
     """30 steps == 15 steps, save to safetensors, load, 15 steps; with num_warmup=20 the second half

@@ -216,3 +216,35 @@ def test_cyclical_step_formula(sampler, seed):
     new, info = engine.step(spec, explore, data, generator=g)
     assert not info.sampling and torch.equal(g.get_state(), rng)  # no noise drawn while exploring
     np.testing.assert_allclose(new.params["weight"].numpy(), theta + 1e-3 / 2 * grad, rtol=1e-12, atol=1e-14)
+
+
+def test_minibatch_log_joint_and_gradient_average_to_the_full_batch_ones(seed):
+    """The SG engines' minibatch estimate (`log_joint_and_grad`), averaged over a partition of the data
+    into equal batches, equals the full-data log joint and gradient, written here independently with
+    torch.distributions (a digits-sized classifier with the 1/fan_in layer-wise prior)."""
+    from uqkit.inference.base import log_joint_and_grad
+    from uqkit.models.likelihoods import Categorical
+    from uqkit.models.nets import MLP
+    from uqkit.models.priors import LayerwiseGaussian
+
+    g = torch.Generator().manual_seed(seed)
+    num_data, batch_size = 60, 12
+    x, y = torch.randn(num_data, 8, generator=g), torch.randint(0, 4, (num_data,), generator=g)
+    spec = ModelSpec(MLP(8, [16], 4, "tanh").double(), LayerwiseGaussian(1.5, 0.5), Categorical(), num_data)
+    params = spec.init_params(generator=g)
+    estimates = [log_joint_and_grad("sghmc", spec, spec.prior, params, (x[i:i + batch_size], y[i:i + batch_size]), 0)
+                 for i in range(0, num_data, batch_size)]
+    mean_value = torch.stack([value for value, _ in estimates]).mean()
+    mean_grads = [torch.stack(grads).mean(0) for grads in zip(*(grads for _, grads in estimates))]
+
+    leaves = {k: v.clone().requires_grad_() for k, v in params.items()}
+    w1, b1, w2, b2 = (leaves[k] for k in params)  # MLP order: weight, bias, weight, bias
+    logits = torch.tanh(x @ w1.T + b1) @ w2.T + b2
+    log_lik = torch.distributions.Categorical(logits=logits).log_prob(y).sum()
+    sds = {k: 1.5 / v.shape[1] ** 0.5 if v.ndim == 2 else 0.5 for k, v in leaves.items()}
+    log_prior = sum(torch.distributions.Normal(0.0, sds[k]).log_prob(v).sum() for k, v in leaves.items())
+    full = log_lik + log_prior
+    full_grads = torch.autograd.grad(full, list(leaves.values()))
+    torch.testing.assert_close(mean_value, full.detach(), rtol=1e-12, atol=1e-9)
+    for got, want in zip(mean_grads, full_grads):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)

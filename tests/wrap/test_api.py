@@ -117,11 +117,14 @@ def test_nan_outputs_and_missing_targets_raise(classifier, blobs):
     x, y = blobs
     bad = x.clone()
     bad[3, 0] = float("nan")
-    with pytest.raises(ValueError, match="^model: the frozen model's output has 3 NaN or inf values"):
+    with pytest.raises(ValueError, match="^data: expected finite values"):
         wrap(classifier, "temperature").fit(bad, y)
     fitted = wrap(classifier, "mahalanobis").fit(x, y)
-    with pytest.raises(ValueError, match="^model: the frozen model's output has"):
+    with pytest.raises(ValueError, match="^x: expected finite values"):
         fitted(bad)
+    broken = torch.nn.Sequential(classifier, torch.nn.Threshold(100.0, float("nan")))  # NaN from finite inputs
+    with pytest.raises(ValueError, match="^model: the frozen model's output has .* NaN or inf values"):
+        wrap(broken, "temperature").fit(x, y)
     with pytest.raises(ValueError, match="^y: the 'laplace' method needs targets"):
         wrap(classifier, "laplace").fit(x)
     with pytest.raises(ValueError, match="^y: expected length 120 to match data, got 119"):

@@ -41,7 +41,7 @@ def top_label(probs: object, labels: object) -> tuple[Tensor, Tensor]:
         argmax (first index on ties) equals the label, as bool.
     """
     p, y = _validate(probs, labels)
-    return _top_label(p, y)
+    return top_label_of(p, y)
 
 
 def accuracy(probs: object, labels: object) -> Tensor:
@@ -69,9 +69,14 @@ def brier(probs: object, labels: object) -> Tensor:
     scikit-learn's there. Computed as ``sum_c p_c^2 - 2 p_y + 1``, without a one-hot array.
     """
     p, y = _validate(probs, labels)
+    return brier_terms(p, y).mean()
+
+
+def brier_terms(p: Tensor, y: Tensor) -> Tensor:
+    """Per-point Brier scores ``[N]`` float64 from validated ``p [N, C]`` and ``y [N]`` (no checks)."""
     sum_sq = torch.linalg.vector_norm(p, dim=1).to(torch.float64) ** 2  # fastest row sum of squares
     p_true = p.gather(1, y.unsqueeze(1)).squeeze(1).to(torch.float64)
-    return (sum_sq - 2 * p_true + 1).mean()
+    return sum_sq - 2 * p_true + 1
 
 
 def ece(probs: object, labels: object, *, num_bins: int = 15, norm: str = "l1", binning: str = "width") -> Tensor:
@@ -91,10 +96,15 @@ def ece(probs: object, labels: object, *, num_bins: int = 15, norm: str = "l1", 
         norm: "l1", "l2" or "max".
         binning: "width" (equal-width bins) or "mass" (equal-mass, adaptive bins).
     """
-    num_bins = _check_num_bins(num_bins)
+    num_bins = check_num_bins(num_bins)
     _check_choice(norm, "norm", _NORMS)
     _check_choice(binning, "binning", _BINNINGS)
     conf, correct = top_label(probs, labels)
+    return ece_from_top_label(conf, correct, num_bins=num_bins, norm=norm, binning=binning)
+
+
+def ece_from_top_label(conf: Tensor, correct: Tensor, *, num_bins: int, norm: str = "l1", binning: str = "width") -> Tensor:
+    """`ece` from already validated top-label confidences ``[N]`` and correctness ``[N]`` (no checks)."""
     _, count, hits, conf_sum = _binned(conf, correct, num_bins, binning)
     gap = (hits - conf_sum).abs()  # = count * |acc - conf|
     if norm == "l1":
@@ -129,8 +139,17 @@ def classwise_ece(probs: object, labels: object, *, num_bins: int = 15) -> Tenso
     the fraction of points in the bin whose label is c. Rows are processed in blocks, so no
     ``[N, C]`` bin-index or one-hot array is held in full.
     """
-    num_bins = _check_num_bins(num_bins)
+    num_bins = check_num_bins(num_bins)
     p, y = _validate(probs, labels)
+    hits, conf_sum = classwise_bin_sums(p, y, num_bins=num_bins)
+    return classwise_ece_from_sums(hits, conf_sum, num_points=p.shape[0], num_bins=num_bins)
+
+
+def classwise_bin_sums(p: Tensor, y: Tensor, *, num_bins: int) -> tuple[Tensor, Tensor]:
+    """Per (class, bin) label counts and probability sums ``[C * M]`` float64, from validated ``p [N, C]``, ``y [N]``.
+
+    Sums over row chunks add up, so large inputs can be processed chunk by chunk (see `evaluate`).
+    """
     num_points, num_classes = p.shape
     inner = _width_edges(num_bins, p)[1:-1]
     offsets = torch.arange(num_classes, device=p.device) * num_bins  # flat bin id = class * M + bin
@@ -142,7 +161,12 @@ def classwise_ece(probs: object, labels: object, *, num_bins: int = 15) -> Tenso
         conf_sum.scatter_add_(0, flat.view(-1), block.reshape(-1).to(torch.float64))
         label_bins = flat.gather(1, y[rows].unsqueeze(1)).squeeze(1)  # the one bin per row whose class is the label
         hits.scatter_add_(0, label_bins, _ones_like(label_bins))
-    per_class = (hits - conf_sum).abs().view(num_classes, num_bins).sum(1) / num_points
+    return hits, conf_sum
+
+
+def classwise_ece_from_sums(hits: Tensor, conf_sum: Tensor, *, num_points: int, num_bins: int) -> Tensor:
+    """`classwise_ece` from the sums of `classwise_bin_sums` (added over chunks) and the number of points."""
+    per_class = (hits - conf_sum).abs().view(-1, num_bins).sum(1) / num_points
     return per_class.mean()
 
 
@@ -158,9 +182,14 @@ def reliability_curve(probs: object, labels: object, *, num_bins: int = 15, binn
         ``edges [M + 1]`` (float64), ``confidence [M]`` and ``accuracy [M]`` (float64 bin means, NaN
         for empty bins) and ``count [M]`` (int64).
     """
-    num_bins = _check_num_bins(num_bins)
+    num_bins = check_num_bins(num_bins)
     _check_choice(binning, "binning", _BINNINGS)
     conf, correct = top_label(probs, labels)
+    return curve_from_top_label(conf, correct, num_bins=num_bins, binning=binning)
+
+
+def curve_from_top_label(conf: Tensor, correct: Tensor, *, num_bins: int, binning: str = "width") -> dict[str, Tensor]:
+    """`reliability_curve` from already validated top-label confidences and correctness ``[N]`` (no checks)."""
     edges, count, hits, conf_sum = _binned(conf, correct, num_bins, binning)
     return {
         "edges": edges.to(torch.float64),
@@ -177,7 +206,8 @@ def _validate(probs: object, labels: object) -> tuple[Tensor, Tensor]:
     return p, y.to(p.device)
 
 
-def _top_label(p: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+def top_label_of(p: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """`top_label` of validated ``p [N, C]`` and ``y [N]`` (no checks)."""
     conf, pred = p.max(dim=1)
     return conf, pred == y
 
@@ -216,7 +246,7 @@ def _row_blocks(num_rows: int, num_cols: int) -> Iterator[slice]:
         yield slice(start, min(start + step, num_rows))
 
 
-def _check_num_bins(num_bins: object) -> int:
+def check_num_bins(num_bins: object) -> int:
     if isinstance(num_bins, bool) or not isinstance(num_bins, Integral):
         raise TypeError(f"num_bins: expected a positive integer, got {type(num_bins).__name__}")
     if num_bins < 1:

@@ -10,13 +10,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from uqkit._checks import check_float
+from uqkit._checks import check_float, check_labels
 from uqkit.calibration import classification as cls_metrics
 from uqkit.calibration import figures, regression, selective
 from uqkit.calibration import ood as ood_metrics
 from uqkit.calibration.predictive import Predictive
 from uqkit.calibration.report import Report
 
+#: Rows scored at a time: bounds the temporaries of a classification report independently of N.
+CHUNK_SIZE = 1 << 16
 #: Coverage levels reported for regression intervals.
 INTERVAL_LEVELS = (0.5, 0.9, 0.95)
 
@@ -50,10 +52,14 @@ def evaluate(
         make_figures: set False to skip plotting (faster; metrics only).
         meta: extra facts to record (engine, seed, ...).
     """
-    pred = predictive if isinstance(predictive, Predictive) else predictive_from_arrays(predictive)
+    pred = _as_predictive(predictive, "predictive")
+    if posterior is not None and not callable(getattr(posterior, "to_arviz", None)):
+        raise TypeError(f"posterior: expected a Posterior (anything with to_arviz()), got {type(posterior).__name__}")
+    if meta is not None and not isinstance(meta, Mapping):
+        raise TypeError(f"meta: expected a mapping of names to values, got {type(meta).__name__}")
     ood_pred = None
     if ood is not None:
-        ood_pred = ood if isinstance(ood, Predictive) else predictive_from_arrays(ood)
+        ood_pred = _as_predictive(ood, "ood")
         if ood_pred.task != pred.task:
             raise ValueError(f"ood: expected a {pred.task} predictive like the in-distribution one, got {ood_pred.task}")
     report = Report(title=title or f"uqkit {pred.task} report", task=pred.task, metrics={})
@@ -110,28 +116,52 @@ def predictive_from_arrays(arrays: Mapping[str, Any], *, prefix: str = "") -> Pr
     )
 
 
+def _as_predictive(value: object, name: str) -> Predictive:
+    if isinstance(value, Predictive):
+        return value
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{name}: expected a Predictive or a mapping of arrays, got {type(value).__name__}")
+    return predictive_from_arrays(value)
+
+
 def _score_classification(report: Report, pred: Predictive, y: object, *, num_bins: int, make_figures: bool) -> None:
-    probs = pred.mixture_probs()
-    labels = torch.as_tensor(np.asarray(y)) if not isinstance(y, Tensor) else y
-    nll = -pred.log_prob(labels).mean()  # validates the labels; exact from logits when known
-    labels = labels.long()
-    confidence, correct = cls_metrics.top_label(probs, labels)
+    """Classification metrics in one validated pass over row chunks (memory: O(N) vectors, O(chunk * S * C) temporaries)."""
+    num_bins = cls_metrics.check_num_bins(num_bins)
+    labels = check_labels(y, "y", num_classes=pred.num_classes, length=pred.num_points).to(pred.probs.device)
+    n = pred.num_points
+    confidence = torch.empty(n, dtype=pred.probs.dtype, device=pred.probs.device)
+    correct = torch.empty(n, dtype=torch.bool, device=pred.probs.device)
+    sums = dict.fromkeys(("nll", "brier", "entropy", "mutual_information"), 0.0)
+    classwise = None
+    for start in range(0, n, CHUNK_SIZE):
+        rows = slice(start, min(start + CHUNK_SIZE, n))
+        part = Predictive("classification", probs=pred.probs[:, rows], log_weights=pred.log_weights,
+                          logits=None if pred.logits is None else pred.logits[:, rows])
+        p, yb = part.mixture_probs(), labels[rows]
+        confidence[rows], correct[rows] = cls_metrics.top_label_of(p, yb)
+        sums["nll"] -= float(part.log_prob(yb).sum(dtype=torch.float64))  # exact from logits when known
+        sums["brier"] += float(cls_metrics.brier_terms(p, yb).sum())
+        sums["entropy"] += float(part.entropy().sum(dtype=torch.float64))
+        if pred.num_draws > 1:
+            sums["mutual_information"] += float(part.mutual_information().sum(dtype=torch.float64))
+        chunk_sums = cls_metrics.classwise_bin_sums(p, yb, num_bins=num_bins)
+        classwise = chunk_sums if classwise is None else tuple(a + b for a, b in zip(classwise, chunk_sums))
     m = report.metrics
-    m["accuracy"] = float(cls_metrics.accuracy(probs, labels))
-    m["nll"] = float(nll)
-    m["brier"] = float(cls_metrics.brier(probs, labels))
-    m["ece"] = float(cls_metrics.ece(probs, labels, num_bins=num_bins))
-    m["mce"] = float(cls_metrics.mce(probs, labels, num_bins=num_bins))
-    m["adaptive_ece"] = float(cls_metrics.adaptive_ece(probs, labels, num_bins=num_bins))
-    m["classwise_ece"] = float(cls_metrics.classwise_ece(probs, labels, num_bins=num_bins))
+    m["accuracy"] = int(correct.count_nonzero()) / n
+    m["nll"] = sums["nll"] / n
+    m["brier"] = sums["brier"] / n
+    m["ece"] = float(cls_metrics.ece_from_top_label(confidence, correct, num_bins=num_bins))
+    m["mce"] = float(cls_metrics.ece_from_top_label(confidence, correct, num_bins=num_bins, norm="max"))
+    m["adaptive_ece"] = float(cls_metrics.ece_from_top_label(confidence, correct, num_bins=num_bins, binning="mass"))
+    m["classwise_ece"] = float(cls_metrics.classwise_ece_from_sums(*classwise, num_points=n, num_bins=num_bins))
     m["aurc"] = float(selective.aurc(confidence, correct))
     m["eaurc"] = float(selective.eaurc(confidence, correct))
     m["coverage_at_5pct_risk"] = float(selective.coverage_at_risk(confidence, correct, 0.05))
-    m["mean_entropy"] = float(pred.entropy().mean())
+    m["mean_entropy"] = sums["entropy"] / n
     if pred.num_draws > 1:
-        m["mean_mutual_information"] = float(pred.mutual_information().mean())
+        m["mean_mutual_information"] = sums["mutual_information"] / n
     if make_figures:
-        curve = cls_metrics.reliability_curve(probs, labels, num_bins=num_bins)
+        curve = cls_metrics.curve_from_top_label(confidence, correct, num_bins=num_bins)
         report.figures["reliability"] = figures.reliability_diagram(curve, ece=m["ece"])
         coverage, risk = selective.risk_coverage_curve(confidence, correct)
         report.figures["risk_coverage"] = figures.risk_coverage_plot(coverage, risk, aurc=m["aurc"])

@@ -12,6 +12,7 @@ import numpy as np
 from torch import Tensor
 
 _DPI = 110
+_MAX_CURVE_POINTS = 4000
 
 
 def _new_figure(width: float = 5.0, height: float = 3.6, rows: int = 1, *, ratios: Sequence[float] | None = None):
@@ -33,6 +34,15 @@ def _to_png(fig) -> bytes:
 
 def _np(x: Tensor | np.ndarray) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
+
+
+def _thin(x: Tensor | np.ndarray, y: Tensor | np.ndarray, max_points: int = _MAX_CURVE_POINTS) -> tuple[np.ndarray, np.ndarray]:
+    """At most ``max_points`` evenly spaced points of a curve, first and last kept (a plot needs no more)."""
+    x, y = _np(x), _np(y)
+    if len(x) <= max_points:
+        return x, y
+    idx = np.linspace(0, len(x) - 1, max_points).round().astype(np.int64)
+    return x[idx], y[idx]
 
 
 def reliability_diagram(curve: Mapping[str, Tensor], *, ece: float, title: str = "Reliability") -> bytes:
@@ -62,7 +72,7 @@ def reliability_diagram(curve: Mapping[str, Tensor], *, ece: float, title: str =
 def risk_coverage_plot(coverage: Tensor, risk: Tensor, *, aurc: float) -> bytes:
     """Selective risk against coverage when the least confident points are rejected first."""
     fig, ax = _new_figure()
-    ax.plot(_np(coverage), _np(risk), c="#4c72b0", lw=1.5, label=f"model (AURC = {aurc:.4f})")
+    ax.plot(*_thin(coverage, risk), c="#4c72b0", lw=1.5, label=f"model (AURC = {aurc:.4f})")
     ax.set_xlim(0, 1), ax.set_ylim(bottom=0)
     ax.set_xlabel("coverage (fraction of points kept)"), ax.set_ylabel("selective risk (error rate)")
     ax.set_title("Risk-coverage"), ax.legend(loc="upper left", fontsize=8)
@@ -85,7 +95,7 @@ def ood_histogram(scores_in: Tensor, scores_out: Tensor, *, score_name: str) -> 
 def roc_plot(fpr: Tensor, tpr: Tensor, *, auroc: float) -> bytes:
     """ROC curve of OOD detection (OOD is the positive class)."""
     fig, ax = _new_figure(4.2, 4.0)
-    ax.plot(_np(fpr), _np(tpr), c="#c44e52", lw=1.5, label=f"AUROC = {auroc:.3f}")
+    ax.plot(*_thin(fpr, tpr), c="#c44e52", lw=1.5, label=f"AUROC = {auroc:.3f}")
     ax.plot([0, 1], [0, 1], ls="--", c="0.5", lw=1)
     ax.axhline(0.95, c="0.7", lw=0.8, ls=":")
     ax.set_xlabel("false positive rate (ID flagged as OOD)"), ax.set_ylabel("true positive rate (OOD detected)")
@@ -142,4 +152,30 @@ def trace_plot(draws: np.ndarray, names: Sequence[str]) -> bytes:
         ax.set_ylabel(names[j], fontsize=8)
     axes[-1].set_xlabel("draw")
     axes[0].set_title("Traces (one colour per chain)")
+    return _to_png(fig)
+
+
+def rank_histogram(ranks: np.ndarray, *, num_draws: int, num_bins: int, names: Sequence[str]) -> bytes:
+    """SBC rank histograms, one panel per parameter (``ranks [S, P]`` in ``[0, num_draws]``).
+
+    The grey band is the central 99% range of each bin's count under uniform ranks (binomial).
+    """
+    from matplotlib.figure import Figure
+    from scipy import stats
+
+    ranks = np.asarray(ranks)
+    num_sims, num_params = ranks.shape
+    bin_of_rank = (np.arange(num_draws + 1) * num_bins) // (num_draws + 1)
+    share = np.bincount(bin_of_rank, minlength=num_bins) / (num_draws + 1)
+    lo, hi = stats.binom.ppf(0.005, num_sims, share), stats.binom.ppf(0.995, num_sims, share)
+    fig = Figure(figsize=(5.0, 1.6 * num_params + 0.6))
+    axes = fig.subplots(num_params, 1, squeeze=False)[:, 0]
+    centres = np.arange(num_bins)
+    for j, ax in enumerate(axes):
+        ax.fill_between(centres, lo, hi, step="mid", color="0.85", label="99% band if uniform")
+        ax.bar(centres, np.bincount(bin_of_rank[ranks[:, j]], minlength=num_bins), width=1.0,
+               color="#4c72b0", edgecolor="k", alpha=0.8)
+        ax.set_ylabel(names[j], fontsize=8)
+    axes[-1].set_xlabel(f"rank bin ({num_draws + 1} ranks in {num_bins} bins)")
+    axes[0].set_title("SBC rank histograms"), axes[0].legend(fontsize=7, loc="upper right")
     return _to_png(fig)

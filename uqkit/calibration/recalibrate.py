@@ -54,12 +54,16 @@ class _LogitMap:
         max_iter = check_count(getattr(self, "max_iter", _MAX_ITER), "max_iter")
         _lbfgs(lambda: _mixture_nll(self._map(z, *params), log_w, y), params, max_iter)
         self._store(*(p.detach() for p in params))
+        self.num_classes_ = z.shape[-1]
         return self
 
     def transform(self, logits: object) -> Predictive:
         """Recalibrated `Predictive` that keeps per-draw logits (for max-logit and energy OOD scores)."""
         _check_fitted(self)
         z, log_weights = _per_draw_logits(logits)
+        expected = getattr(self, "num_classes_", None)  # None when parameters were restored, not fitted
+        if expected is not None and z.shape[-1] != expected:
+            raise ValueError(f"logits: expected {expected} classes as in fit, got {z.shape[-1]}")
         params = [p.to(z) for p in self._fitted_params()]
         return Predictive.from_logits(self._map(z, *params), log_weights=log_weights)
 

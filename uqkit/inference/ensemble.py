@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -40,6 +41,7 @@ from uqkit.inference.base import check_int
 from uqkit.inference.posterior import Posterior
 from uqkit.models.likelihoods import PREFIX
 from uqkit.models.spec import ModelSpec
+from uqkit.parallel import ReportBar, check_backend, run_tasks
 
 Params = dict[str, Tensor]
 #: A member's objective: ``(params, state, x [B, ...], y [B, ...]) -> (scalar loss, new state)``, where
@@ -154,7 +156,8 @@ def stateless(loss: Callable[[Params, Tensor, Tensor], Tensor]) -> MemberLoss:
 
 def train_members(spec: ModelSpec, x: Tensor, y: Tensor, loss: MemberLoss, *, num_members: int, num_epochs: int,
                   batch_size: int, lr: float, seed: int, init: str = "module", state: Params | None = None,
-                  vectorize: bool = True, progress: bool = True, desc: str = "ensemble") -> TrainedMembers:
+                  vectorize: bool = True, progress: bool = True, desc: str = "ensemble", backend: str = "local",
+                  address: str | None = None) -> TrainedMembers:
     """Train ``num_members`` copies of ``spec.net`` with Adam, each from its own seeds.
 
     Member m draws its initial weights and its minibatch order from `member_seeds` ``(seed, m)``, and
@@ -176,6 +179,9 @@ def train_members(spec: ModelSpec, x: Tensor, y: Tensor, loss: MemberLoss, *, nu
         vectorize: train all members at once under ``vmap``; False trains them one after another.
         progress: show a progress bar.
         desc: the progress bar's label.
+        backend: "local", or "ray" to train each member as its own Ray task (see `uqkit.parallel`);
+            member m's parameters are those of the local run with ``vectorize=False``, bit for bit.
+        address: the Ray cluster for ``backend="ray"`` (None: start Ray on this machine).
     """
     check_int(num_members, "num_members", minimum=1)
     check_int(num_epochs, "num_epochs", minimum=1)
@@ -183,29 +189,23 @@ def train_members(spec: ModelSpec, x: Tensor, y: Tensor, loss: MemberLoss, *, nu
     lr = check_positive(lr, "lr")
     if init not in _INITS:
         raise ValueError(f"init: expected one of {', '.join(_INITS)}, got {init!r}")
-    seeds = [member_seeds(seed, m) for m in range(num_members)]
-    params = _initial_members(spec, [s[0] for s in seeds], init)
-    states = {k: torch.stack([v] * num_members) for k, v in (state or {}).items()}
-    if vectorize:
-        reason = _not_vectorizable(spec, params, x[:2])
-        if reason is not None:
-            warnings.warn(f"{desc}: training the members one after another, not vectorised: {reason}", stacklevel=3)
-            vectorize = False
-    batch_seeds = [s[1] for s in seeds]
-    buffers = frozenset(k for k, _ in spec.net.named_buffers())
-    runner = _Runner(x, y, num_epochs, min(batch_size, x.shape[0]), lr, buffers)
-    steps = num_epochs * -(-x.shape[0] // runner.batch_size) * (1 if vectorize else num_members)
+    check_backend(backend)
+    group = functools.partial(_train_group, spec, x, y, loss, num_epochs=num_epochs,
+                              batch_size=min(batch_size, x.shape[0]), lr=lr, seed=seed, init=init, state=state or {},
+                              desc=desc)
+    steps_per_member = num_epochs * -(-x.shape[0] // min(batch_size, x.shape[0]))
+    if backend == "ray":
+        results = run_tasks(functools.partial(_member_task, group), list(range(num_members)), backend="ray",
+                            address=address, total_steps=steps_per_member * num_members, desc=desc, progress=progress)
+        parts = [TrainedMembers(*(_unprefixed(r, p) for p in ("params.", "state.")), r["losses"], False)
+                 for r in results]
+        return TrainedMembers(_concat([p.params for p in parts]), _concat([p.state for p in parts]),
+                              torch.cat([p.losses for p in parts]), False)
     from tqdm.auto import tqdm
 
-    with tqdm(total=steps, desc=desc, unit="step", disable=not progress, dynamic_ncols=True) as bar:
-        if vectorize:
-            out, new_state, losses = runner.run(params, states, batch_seeds, torch.vmap(loss), bar)
-        else:
-            parts = [runner.run(_select(params, m), _select(states, m), [batch_seeds[m]], _one_member(loss), bar)
-                     for m in range(num_members)]
-            out, new_state = (_concat([p[i] for p in parts]) for i in (0, 1))
-            losses = torch.cat([p[2] for p in parts])
-    return TrainedMembers(out, new_state, losses, vectorize)
+    with tqdm(total=steps_per_member * num_members, desc=desc, unit="step", disable=not progress,
+              dynamic_ncols=True) as bar:
+        return group(list(range(num_members)), vectorize=vectorize, bar=bar)
 
 
 def members_posterior(spec: ModelSpec, trained: TrainedMembers, meta: dict[str, Any]) -> Posterior:
@@ -252,7 +252,7 @@ def load_ensemble(path: str | Path, spec: ModelSpec) -> Posterior:
 def fit_ensemble(spec: ModelSpec, data: tuple[Tensor, Tensor], *, num_members: int = 5, num_epochs: int = 40,
                  batch_size: int = 100, lr: float = 1e-2, adversarial: bool = False, epsilon: float = 0.01,
                  use_prior: bool = False, init: str = "module", seed: int = 0, progress: bool = True,
-                 vectorize: bool = True) -> Posterior:
+                 vectorize: bool = True, backend: str = "local", address: str | None = None) -> Posterior:
     """Train a deep ensemble of ``spec.net`` (Lakshminarayanan et al., 2017).
 
     Use ``HeteroscedasticGaussian`` for regression (mean and variance heads, Gaussian NLL) and
@@ -274,6 +274,10 @@ def fit_ensemble(spec: ModelSpec, data: tuple[Tensor, Tensor], *, num_members: i
         progress: show a progress bar.
         vectorize: train the members together under ``vmap`` (falls back to a loop, with a warning,
             for modules that cannot be vectorised).
+        backend: "local", or "ray" to train each member as its own Ray task (``address``: the cluster,
+            None starts Ray here); the members equal a local run's to float round-off (bit for bit
+            with ``vectorize=False``).
+        address: Ray cluster address for ``backend="ray"``.
 
     Returns:
         A `Posterior` with draws ``{name: [1, M, *shape]}``, ``sample_stats["loss"]`` ``[1, M]`` (each
@@ -287,7 +291,7 @@ def fit_ensemble(spec: ModelSpec, data: tuple[Tensor, Tensor], *, num_members: i
         loss = adversarial_loss(loss, epsilon * (x.amax(0) - x.amin(0)))
     trained = train_members(spec, x, y, stateless(loss), num_members=num_members, num_epochs=num_epochs,
                             batch_size=batch_size, lr=lr, seed=seed, init=init, vectorize=vectorize,
-                            progress=progress, desc="fit[ensemble]")
+                            progress=progress, desc="fit[ensemble]", backend=backend, address=address)
     config = {"num_members": num_members, "num_epochs": num_epochs, "batch_size": batch_size, "lr": lr,
               "adversarial": adversarial, "epsilon": epsilon, "use_prior": use_prior, "init": init}
     return members_posterior(spec, trained, {"engine": "ensemble", "config": config, "seed": seed,
@@ -327,6 +331,42 @@ class _Runner:
                 epoch_loss += losses.detach().to(torch.float64) * idx.shape[1]
                 bar.update()
         return {k: v.detach() for k, v in leaves.items()}, state, epoch_loss / num_points
+
+
+def _train_group(spec: ModelSpec, x: Tensor, y: Tensor, loss: MemberLoss, members: list[int], *, num_epochs: int,
+                 batch_size: int, lr: float, seed: int, init: str, state: Params, desc: str, vectorize: bool,
+                 bar: Any) -> TrainedMembers:
+    """Train the members numbered ``members`` (seeds from ``(seed, m)``), together or one after another."""
+    seeds = [member_seeds(seed, m) for m in members]
+    params = _initial_members(spec, [s[0] for s in seeds], init)
+    states = {k: torch.stack([v] * len(members)) for k, v in state.items()}
+    if vectorize:
+        reason = _not_vectorizable(spec, params, x[:2])
+        if reason is not None:
+            warnings.warn(f"{desc}: training the members one after another, not vectorised: {reason}", stacklevel=4)
+            vectorize = False
+    batch_seeds = [s[1] for s in seeds]
+    buffers = frozenset(k for k, _ in spec.net.named_buffers())
+    runner = _Runner(x, y, num_epochs, batch_size, lr, buffers)
+    if vectorize:
+        out, new_state, losses = runner.run(params, states, batch_seeds, torch.vmap(loss), bar)
+    else:
+        parts = [runner.run(_select(params, i), _select(states, i), [batch_seeds[i]], _one_member(loss), bar)
+                 for i in range(len(members))]
+        out, new_state = (_concat([p[i] for p in parts]) for i in (0, 1))
+        losses = torch.cat([p[2] for p in parts])
+    return TrainedMembers(out, new_state, losses, vectorize)
+
+
+def _member_task(group: Callable[..., TrainedMembers], member: int, report: Callable[[int], None]) -> Params:
+    """One member as a `uqkit.parallel` task: its parameters, state and loss as prefixed tensors."""
+    trained = group([member], vectorize=False, bar=ReportBar(report))
+    return {**{f"params.{k}": v for k, v in trained.params.items()},
+            **{f"state.{k}": v for k, v in trained.state.items()}, "losses": trained.losses}
+
+
+def _unprefixed(tree: Params, prefix: str) -> Params:
+    return {k.removeprefix(prefix): v for k, v in tree.items() if k.startswith(prefix)}
 
 
 def _template(spec: ModelSpec) -> Params:

@@ -8,9 +8,11 @@ over the flattened weights to `uqkit.inference.sample.sample`, which vectorises 
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,27 +21,31 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, RandomSampler
 
-from uqkit._checks import as_tensor, check_same_length
+from uqkit._checks import as_tensor, check_float, check_same_length
 from uqkit._io import load_tensors, save_tensors
 from uqkit.inference.base import Params, StepInfo, Trace, check_int, state_from_tensors, state_to_tensors
 from uqkit.inference.ensemble import fit_ensemble
 from uqkit.inference.evidential import fit_der
 from uqkit.inference.mc_dropout import fit_mc_dropout
+from uqkit.inference.mfvi import fit_mfvi
 from uqkit.inference.posterior import Posterior
+from uqkit.inference.ssvi import fit_ssvi
 from uqkit.models.spec import Batch, ModelSpec
+from uqkit.parallel import ReportBar, check_backend, run_tasks
 from uqkit.registry import ENGINES, get_engine
 
 _KIND = "uqkit.fit-checkpoint/1"
 _POSTFIX_EVERY = 50  # steps between progress-bar postfix updates
 _FULL_BATCH = ("nuts", "hmc")  # engines run by `uqkit.inference.sample.sample` on the full-data log density
 #: Engines that train point estimates (members) with an optimiser rather than sample a chain.
-TRAINERS = {"ensemble": fit_ensemble, "mc-dropout": fit_mc_dropout, "der": fit_der}
+TRAINERS = {"ensemble": fit_ensemble, "mc-dropout": fit_mc_dropout, "der": fit_der, "mfvi": fit_mfvi,
+            "ssvi": fit_ssvi}
 
 
 def fit(spec: ModelSpec, data: tuple[Tensor, Tensor] | DataLoader, *, engine: Any = "sghmc", num_chains: int = 1,
         num_samples: int = 100, num_warmup: int = 1000, thinning: int = 10, batch_size: int | None = None,
         seed: int = 0, checkpoint: str | Path | None = None, checkpoint_every: int = 1000, progress: bool = True,
-        **engine_options: Any) -> Posterior:
+        backend: str = "local", address: str | None = None, **engine_options: Any) -> Posterior:
     """Sample the posterior of ``spec`` given ``data``.
 
     Each chain takes ``num_warmup`` steps (SGHMC adapts its preconditioner there), then keeps every
@@ -50,8 +56,8 @@ def fit(spec: ModelSpec, data: tuple[Tensor, Tensor] | DataLoader, *, engine: An
         data: ``(x [N, ...], y [N] | [N, D])`` tensors or numpy arrays, or a ``DataLoader`` yielding
             ``(x, y)`` batches (a shuffling loader needs ``generator=`` for reproducible runs).
         engine: a registered engine name ("sghmc", "sgld", "cyclical", "nuts", "hmc"), a trainer name
-            ("ensemble", "mc-dropout", "der": ``engine_options`` go to `fit_ensemble`, `fit_mc_dropout`,
-            `fit_der`), or an engine object.
+            ("ensemble", "mc-dropout", "der", "mfvi", "ssvi": ``engine_options`` go to `fit_ensemble`,
+            `fit_mc_dropout`, `fit_der`, `fit_mfvi`, `fit_ssvi`), or an engine object.
         num_chains, num_samples: chains, and draws kept per chain (>= 1).
         num_warmup: steps per chain before draws are kept (>= 0).
         thinning: keep one sampling step in this many (>= 1).
@@ -63,6 +69,11 @@ def fit(spec: ModelSpec, data: tuple[Tensor, Tensor] | DataLoader, *, engine: An
             at once). A file from a different run (engine, options, seed, sizes) is refused.
         checkpoint_every: steps between checkpoints (>= 1).
         progress: show a tqdm progress bar on stderr.
+        backend: "local", or "ray" to run each chain of a minibatch engine (or each ensemble member)
+            as its own Ray task (see `uqkit.parallel`); the draws equal the local run's bit for bit.
+            With ``checkpoint``, finished chains are kept in ``<checkpoint>.chains/`` and a restarted
+            run recomputes only the unfinished ones.
+        address: the Ray cluster for ``backend="ray"`` (None: start Ray on this machine).
         **engine_options: hyperparameters of the engine named by ``engine``.
 
     Returns:
@@ -78,6 +89,16 @@ def fit(spec: ModelSpec, data: tuple[Tensor, Tensor] | DataLoader, *, engine: An
     check_int(thinning, "thinning", minimum=1)
     check_int(checkpoint_every, "checkpoint_every", minimum=1)
     check_int(seed, "seed", minimum=0)
+    check_backend(backend)
+    if backend != "local" and not (engine == "ensemble" or (isinstance(engine, str) and engine in ENGINES
+                                                            and getattr(ENGINES[engine], "minibatch", False))
+                                   or getattr(engine, "minibatch", False)):
+        raise ValueError(f"backend: {backend!r} runs minibatch-engine chains and ensemble members; engine "
+                         f"{engine!r} runs in this process (backend='local')")
+    if engine == "ensemble" and backend != "local":
+        engine_options.update(backend=backend, address=address)
+    if isinstance(engine, str):
+        _check_options(engine, engine_options)
     if isinstance(engine, str) and engine in TRAINERS:
         if checkpoint is not None or num_chains != 1:
             raise ValueError(f"engine: {engine!r} trains members, not chains; it takes no checkpoint and num_chains=1")
@@ -97,9 +118,28 @@ def fit(spec: ModelSpec, data: tuple[Tensor, Tensor] | DataLoader, *, engine: An
         raise TypeError(f"engine_options: give options only with an engine name, got an engine object and {sorted(engine_options)}")
     if not getattr(engine, "minibatch", False):
         raise TypeError(f"engine: expected a minibatch engine or a registered engine name, got {type(engine).__name__}")
-    source = _BatchSource.build(data, batch_size, spec)
+    try:
+        source = _BatchSource.build(data, batch_size, spec)
+    except ValueError as err:
+        raise ValueError(f"{err} (engine {engine.name})") from None
     run = _Run(spec, engine, source, num_chains, num_samples, num_warmup, thinning, seed)
+    if backend == "ray":
+        return _fit_chains_on_ray(run, checkpoint, address, progress)
     return run.execute(Path(checkpoint) if checkpoint is not None else None, checkpoint_every, progress)
+
+
+def _check_options(engine: str, options: dict[str, Any]) -> None:
+    """Refuse options that the named engine or trainer does not take, naming them and listing its options."""
+    if engine in TRAINERS:
+        known = [k for k, p in inspect.signature(TRAINERS[engine]).parameters.items() if p.kind is p.KEYWORD_ONLY]
+    elif engine in ENGINES and is_dataclass(ENGINES[engine]):
+        known = [f.name for f in fields(ENGINES[engine])]
+    else:
+        return  # unknown names are refused by get_engine; engines that are not dataclasses check their own options
+    unknown = sorted(set(options) - set(known) - {"progress", "seed"})
+    if unknown:
+        raise TypeError(f"engine_options: {engine!r} takes no option {', '.join(map(repr, unknown))}; "
+                        f"its options: {', '.join(k for k in known if k not in ('progress', 'seed'))}")
 
 
 class _BatchSource:
@@ -130,6 +170,9 @@ class _BatchSource:
             raise TypeError(f"data: expected (x, y) tensors or a DataLoader, got {type(data).__name__}")
         x, y = as_tensor(data[0], "x"), as_tensor(data[1], "y")
         check_same_length("x", x, "y", y)
+        for t, name in ((x, "x"), (y, "y")):
+            if t.is_floating_point():
+                check_float(t, name)  # finite and non-empty
         if x.shape[0] != spec.num_data:
             raise ValueError(f"data: x holds {x.shape[0]} points but spec.num_data is {spec.num_data}")
         x = x.to(spec.dtype) if x.is_floating_point() else x
@@ -218,8 +261,9 @@ class _Run:
     """One call of `fit` with a minibatch engine: buffers for the draws, the loop, and checkpoints."""
 
     def __init__(self, spec: ModelSpec, engine: Any, source: _BatchSource, num_chains: int, num_samples: int,
-                 num_warmup: int, thinning: int, seed: int) -> None:
+                 num_warmup: int, thinning: int, seed: int, first_chain: int = 0) -> None:
         self.spec, self.engine, self.source = spec, engine, source
+        self.first_chain = first_chain  # chain c of this run is chain first_chain + c of the whole run
         self.num_chains, self.num_samples, self.num_warmup, self.thinning, self.seed = (
             num_chains, num_samples, num_warmup, thinning, seed)
         template = spec.param_template()
@@ -246,29 +290,36 @@ class _Run:
         if resumed:
             self.load(checkpoint)
         with tqdm(desc=f"fit[{self.engine.name}]", unit="step", disable=not progress, dynamic_ncols=True) as bar:
-            while self.chain < self.num_chains:
-                if self.state is None:
-                    self.start_chain()
-                state, info = self.engine.step(self.spec, self.state, self.source.next(), generator=self.noise,
-                                               warmup=self.step < self.num_warmup)
-                self.state, self.step = state, self.step + 1
-                self.record(info)
-                bar.update()
-                if progress and self.step % _POSTFIX_EVERY == 0:
-                    bar.set_postfix(chain=self.chain, draws=self.kept, log_density=f"{float(info.log_density):.4g}",
-                                    step_size=f"{info.step_size:.3g}", refresh=False)
-                if self.kept == self.num_samples:
-                    self.chain, self.step, self.kept, self.seen, self.state = self.chain + 1, 0, 0, 0, None
-                    if checkpoint is not None:
-                        self.save(checkpoint)
-                elif checkpoint is not None and self.step % checkpoint_every == 0:
-                    self.save(checkpoint)
-        meta = {"seed": self.seed, "num_warmup": self.num_warmup, "thinning": self.thinning,
+            self.run(bar, checkpoint, checkpoint_every, progress)
+        return self.engine.posterior(self.spec, Trace(self.draws, self.stats), meta=self.meta(start, resumed))
+
+    def meta(self, start: float, resumed: bool) -> dict[str, Any]:
+        return {"seed": self.seed, "num_warmup": self.num_warmup, "thinning": self.thinning,
                 "batch_size": self.source.batch_size, "wall_time_s": time.perf_counter() - start, "resumed": resumed}
-        return self.engine.posterior(self.spec, Trace(self.draws, self.stats), meta=meta)
+
+    def run(self, bar: Any, checkpoint: Path | None, checkpoint_every: int, progress: bool) -> None:
+        """Step the chains from the current position to the end, updating ``bar`` every step."""
+        while self.chain < self.num_chains:
+            if self.state is None:
+                self.start_chain()
+            state, info = self.engine.step(self.spec, self.state, self.source.next(), generator=self.noise,
+                                           warmup=self.step < self.num_warmup)
+            self.state, self.step = state, self.step + 1
+            self.record(info)
+            bar.update()
+            if progress and self.step % _POSTFIX_EVERY == 0:
+                bar.set_postfix(chain=self.chain, draws=self.kept, log_density=f"{float(info.log_density):.4g}",
+                                step_size=f"{info.step_size:.3g}", refresh=False)
+            if self.kept == self.num_samples:
+                self.chain, self.step, self.kept, self.seen, self.state = self.chain + 1, 0, 0, 0, None
+                if checkpoint is not None:
+                    self.save(checkpoint)
+            elif checkpoint is not None and self.step % checkpoint_every == 0:
+                self.save(checkpoint)
 
     def start_chain(self) -> None:
-        noise_seed, batch_seed = (int(s) for s in np.random.SeedSequence([self.seed, self.chain]).generate_state(2, np.uint64) >> 1)
+        chain = self.first_chain + self.chain
+        noise_seed, batch_seed = (int(s) for s in np.random.SeedSequence([self.seed, chain]).generate_state(2, np.uint64) >> 1)
         self.noise.manual_seed(noise_seed)
         self.source.reset(batch_seed)
         params = self.spec.init_params(generator=self.noise)
@@ -317,6 +368,31 @@ class _Run:
             self.source.restore(_strip(tensors, "source/"))
         except (KeyError, RuntimeError) as err:
             raise ValueError(f"checkpoint: {path} is corrupt or incomplete ({err})") from None
+
+
+def _fit_chains_on_ray(run: _Run, checkpoint: str | Path | None, address: str | None, progress: bool) -> Posterior:
+    """Each chain of ``run`` as a Ray task; finished chains kept in ``<checkpoint>.chains/``."""
+    start = time.perf_counter()
+    chains_dir = None if checkpoint is None else Path(f"{checkpoint}.chains")
+    resumed = chains_dir is not None and chains_dir.exists()
+    results = run_tasks(functools.partial(_chain_task, run), list(range(run.num_chains)), backend="ray",
+                        address=address, desc=f"fit[{run.engine.name}]", progress=progress,
+                        checkpoint_dir=chains_dir)
+    for c, result in enumerate(results):
+        for k in run.draws:
+            run.draws[k][c] = result[f"draws/{k}"][0]
+        for k in run.stats:
+            run.stats[k][c] = result[f"stats/{k}"][0]
+    meta = {**run.meta(start, resumed), "backend": "ray"}
+    return run.engine.posterior(run.spec, Trace(run.draws, run.stats), meta=meta)
+
+
+def _chain_task(run: _Run, chain: int, report: Any) -> dict[str, Tensor]:
+    """Chain ``chain`` of ``run`` alone (same seeds as in the full run): its draws and stats ``[1, draw, ...]``."""
+    one = _Run(run.spec, run.engine, run.source, 1, run.num_samples, run.num_warmup, run.thinning, run.seed,
+               first_chain=chain)
+    one.run(ReportBar(report), None, 1, False)
+    return {**{f"draws/{k}": v for k, v in one.draws.items()}, **{f"stats/{k}": v for k, v in one.stats.items()}}
 
 
 def _strip(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:

@@ -121,6 +121,8 @@ def leapfrog(
     step_size: Tensor,
     velocity: Callable[[Tensor], Tensor],
     active: Tensor | None = None,
+    *,
+    half_step: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """One velocity-Verlet step: p ← p + ε/2·∇; z ← z + ε·M⁻¹p; p ← p + ε/2·∇.
 
@@ -128,11 +130,12 @@ def leapfrog(
         step_size: ``[C, 1]`` signed step sizes (negative integrates backward in time).
         active: ``[C]`` bool; inactive chains stay where they are, so the log density is never
             evaluated at a point beyond one where it was already non-finite.
+        half_step: ``0.5 * step_size``, when the caller integrates many steps with one step size.
 
     Returns:
         position, momentum, velocity ``[C, D]``, log density ``[C]`` and gradient ``[C, D]``.
     """
-    half = 0.5 * step_size
+    half = 0.5 * step_size if half_step is None else half_step
     momentum = torch.addcmul(momentum, half, grad)
     new_position = torch.addcmul(position, step_size, velocity(momentum))
     if active is not None:

@@ -78,8 +78,8 @@ def _turning(v_left: Tensor, v_right: Tensor, rho: Tensor) -> Tensor:
 
 def _select(mask: Tensor, new: tuple[Tensor, ...], old: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
     """Per chain (``mask [C]``), ``new`` where true, else ``old``; tensors ``[C]`` or ``[C, D]``."""
-    col = mask.unsqueeze(-1)
-    return tuple(torch.where(col, a, b) if a.ndim == 2 else torch.where(mask, a, b) for a, b in zip(new, old))
+    col = mask[:, None]
+    return tuple(torch.where(col if a.ndim == 2 else mask, a, b) for a, b in zip(new, old))
 
 
 def _trailing_ones(n: int) -> int:
@@ -147,7 +147,8 @@ def _transition(
     running = torch.ones_like(energy0, dtype=torch.bool)
     all_running = True
     tree_depth = torch.zeros_like(energy0, dtype=torch.int64)
-    num_steps = torch.zeros_like(tree_depth)
+    num_steps = torch.zeros_like(tree_depth)  # leapfrog steps per chain, plus ``steps_all`` taken by every chain
+    steps_all = 0
     accept_sum = torch.zeros_like(energy0)
     divergent = torch.zeros_like(running)
     slots = _Slots(max_depth, state.position)
@@ -157,18 +158,24 @@ def _transition(
         z, p_near, v_near, g = torch.where(fwd, right, left).unbind(1)
         p = p_near
         signed_step = torch.where(fwd[:, 0], step_size, -step_size)
+        half_step = 0.5 * signed_step
         num_leaves = 1 << depth
         log_u = torch.rand(num_leaves + 1, num_chains, generator=generator, dtype=dtype, device=device).log().unbind(0)
         active, all_active = running, all_running
         log_w_sub = torch.full_like(energy0, -math.inf)
         rho_sub = torch.zeros_like(p)
         for n in range(num_leaves):
-            z, p, v, value, g = leapfrog(log_density, z, p, g, signed_step, velocity, None if all_active else active)
+            z, p, v, value, g = leapfrog(log_density, z, p, g, signed_step, velocity, None if all_active else active,
+                                         half_step=half_step)
             log_w = torch.nan_to_num(
                 torch.sub(value + energy0, torch.linalg.vecdot(p, v), alpha=0.5), nan=-math.inf, posinf=-math.inf
             )  # log weight H₀ − H; NaN and +inf log densities weigh nothing (and diverge below)
-            num_steps += active
-            accept_sum += (log_w if all_active else torch.where(active, log_w, -math.inf)).clamp(max=0).exp()
+            if all_active:
+                steps_all += 1
+                accept_sum += log_w.clamp(max=0).exp()
+            else:
+                num_steps += active
+                accept_sum += torch.where(active, log_w, -math.inf).clamp(max=0).exp()
             log_w_new = torch.logaddexp(log_w_sub, log_w)
             if n == 0:
                 sub_proposal, first_p, first_v = (z, value, g, log_w), p, v
@@ -210,6 +217,7 @@ def _transition(
         all_running = num_running == num_chains
 
     position, value, grad, log_w = proposal
+    num_steps += steps_all
     info = HMCInfo(
         accept_prob=accept_sum / num_steps,
         divergent=divergent,

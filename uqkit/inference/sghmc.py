@@ -83,10 +83,12 @@ class SGHMC(DrawsPosterior):
         params, momentum = list(state.params.values()), list(state.momentum.values())
         log_density, grads = log_joint_and_grad(self.name, spec, state.prior, state.params, batch, state.step)
         inv_mass, noise_std = list(state.inv_mass.values()), list(state.noise_std.values())
-        # v <- (1 - c) v + eps^2 m^-1 grad log p + noise;  theta <- theta + v
-        new_momentum = torch._foreach_mul(momentum, 1 - self.mdecay)
+        # v <- noise + eps^2 m^-1 grad log p + (1 - c) v;  theta <- theta + v.  The new momentum is built in
+        # place in the freshly drawn noise (one buffer for all tensors), so the input state stays untouched.
+        new_momentum = gaussian_noise(params, generator)
+        torch._foreach_mul_(new_momentum, noise_std)
         torch._foreach_addcmul_(new_momentum, inv_mass, grads, value=self.step_size**2 / spec.num_data)
-        torch._foreach_addcmul_(new_momentum, gaussian_noise(params, generator), noise_std)
+        torch._foreach_add_(new_momentum, momentum, alpha=1 - self.mdecay)
         new_params = dict(zip(names, torch._foreach_add(params, new_momentum)))
         if warmup:
             tau, g, v_hat = _adapt(list(state.tau.values()), list(state.g.values()), list(state.v_hat.values()),

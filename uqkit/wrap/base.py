@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from uqkit._checks import as_tensor, check_positive, check_same_length
+from uqkit._checks import as_tensor, check_float, check_positive, check_same_length
 from uqkit._io import load_tensors, save_tensors
 from uqkit.calibration.predictive import Predictive
 
@@ -229,6 +229,8 @@ class FrozenWrapper(nn.Module):
 
     def _run(self, x: Any) -> tuple[Tensor, Tensor | None]:
         """One frozen forward pass: the output, checked finite, and the tapped features (if any)."""
+        if isinstance(x, Tensor) and x.is_floating_point():
+            check_float(x, "x")
         tap = self._tap()
         if tap is None:
             output = self.model(x)
@@ -314,8 +316,10 @@ def _batches(
     """Yield ``(x, y)`` batches from tensors (rows shuffled then cut) or from an iterable of batches."""
     if isinstance(data, (Tensor, np.ndarray)):
         x = as_tensor(data, "data")
-        if x.ndim == 0:
-            raise ValueError("data: expected an array with one row per sample, got a scalar")
+        if x.ndim == 0 or x.shape[0] == 0:
+            raise ValueError(f"data: expected an array with one row per sample (at least one), got shape {tuple(x.shape)}")
+        if x.is_floating_point():
+            check_float(x, "data")
         target = None
         if y is not None:
             target = as_tensor(y, "y")

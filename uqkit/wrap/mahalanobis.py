@@ -85,7 +85,8 @@ class MahalanobisWrapper(FrozenWrapper, method="mahalanobis"):
         if run.target is None:
             labels = torch.zeros(len(z), dtype=torch.long, device=z.device)
         else:
-            labels = check_labels(run.target, "y", length=len(z)).to(z.device)
+            num_outputs = run.output.shape[-1] if run.output.ndim == 2 else None  # a classifier's classes
+            labels = check_labels(run.target, "y", num_classes=num_outputs, length=len(z)).to(z.device)
         classes, index = torch.unique(labels, return_inverse=True)
         num_classes, (num_samples, num_features) = len(classes), z.shape
         minimum = num_classes + (num_features if self.covariance == "empirical" else 1)

@@ -37,7 +37,8 @@ class TemperatureWrapper(FrozenWrapper, method="temperature"):
     def fit(self, data: object, y: object = None) -> TemperatureWrapper:
         """Fit ``T`` on held-out ``(x, y)`` (never the training data)."""
         run = self._collect(data, y, batch_size=self.batch_size, need_target=True)
-        labels = check_labels(run.target, "y", length=len(run.output))
+        num_classes = run.output.shape[-1] if run.output.ndim >= 2 else None
+        labels = check_labels(run.target, "y", num_classes=num_classes, length=len(run.output))
         self.scaler_.fit(run.output, labels)
         self.fitted_ = True
         return self

@@ -1,0 +1,96 @@
+"""Reference GP predictives used to benchmark PFNs: cross-checked against sklearn and scipy."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from sklearn.gaussian_process.kernels import RBF
+
+from uqkit.inference.pfn.gp_reference import (
+    exact_gp_predictive,
+    full_bayes_predictive,
+    gp_log_marginal,
+    gp_predictive_per_draw,
+    type2_ml_hyper,
+    type2_ml_predictive,
+)
+from uqkit.models.pfn_priors import PRESETS
+
+
+def _data(generator, n=12, m=5, d=2):
+    x = torch.rand(n, d, generator=generator)
+    y = torch.sin(6 * x).sum(-1) + 0.1 * torch.randn(n, generator=generator)
+    return x, y, torch.rand(m, d, generator=generator)
+
+
+def _direct(x, y, xt, ell, scale, noise):
+    """Textbook GP predictive with sklearn's RBF kernel and numpy solves."""
+    k = RBF(length_scale=ell)
+    kxx = scale * k(x.numpy()) + noise * np.eye(len(x))
+    kxt = scale * k(xt.numpy(), x.numpy())
+    mean = kxt @ np.linalg.solve(kxx, y.numpy())
+    var = scale + noise - np.einsum("ij,ji->i", kxt, np.linalg.solve(kxx, kxt.T))
+    return mean, var, stats.multivariate_normal(np.zeros(len(x)), kxx).logpdf(y.numpy())
+
+
+def test_exact_and_per_draw_predictives_match_the_textbook_formula(generator):
+    x, y, xt = _data(generator)
+    yt = torch.randn(5, generator=generator)
+    mean, var, logml = _direct(x, y, xt, 0.4, 1.3, 0.05)
+    expected = stats.norm(mean, np.sqrt(var)).logpdf(yt.numpy())
+    got = exact_gp_predictive(x, y, xt, lengthscale=0.4, outputscale=1.3, noise=0.05).log_prob(yt)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-6)
+    theta = torch.tensor([[math.log(0.4), math.log(1.3), math.log(0.05 - 1e-4)]])
+    np.testing.assert_allclose(gp_predictive_per_draw(theta, x, y, xt, 1e-4).log_prob(yt).numpy(), expected, rtol=1e-9)
+    assert float(gp_log_marginal(theta, x, y, 1e-4)[0]) == pytest.approx(logml, rel=1e-10)
+    # a numerically singular covariance (huge outputscale, duplicate inputs, no noise floor) gives -inf
+    dup = torch.cat([x, x[:1]])
+    extreme = torch.tensor([[0.0, 40.0, -40.0]], requires_grad=True)
+    value = gp_log_marginal(extreme, dup, torch.cat([y, y[:1] + 1]), 0.0)
+    assert value.shape == (1,) and float(value.detach()[0]) == -math.inf
+    value.sum().backward()
+    assert bool(torch.isfinite(extreme.grad).all())
+
+
+def test_type2_ml_maximises_the_marginal_likelihood(generator):
+    x, y, xt = _data(generator, n=30)
+    theta = type2_ml_hyper(x, y)
+    fitted = float(gp_log_marginal(theta.unsqueeze(0), x, y, 1e-4)[0])
+    # better than every setting on a grid, and a stationary point: small steps do not improve it
+    grid = torch.cartesian_prod(torch.log(torch.tensor([0.05, 0.3, 2.0])), torch.log(torch.tensor([0.1, 1.0, 10.0])),
+                                torch.log(torch.tensor([1e-3, 0.01, 0.3])))
+    assert float(gp_log_marginal(grid, x, y, 1e-4).max()) < fitted
+    steps = torch.cat([torch.eye(3), -torch.eye(3)]) * 1e-2
+    assert float(gp_log_marginal(theta + steps, x, y, 1e-4).max()) <= fitted + 1e-6
+    assert type2_ml_predictive(x, y, xt).log_prob(torch.zeros(5)).shape == (5,)
+
+
+@pytest.mark.slow  # NUTS: ~1 minute on a busy 2-core machine
+def test_full_bayes_matches_quadrature_over_the_hyperparameters(generator):
+    """NUTS + mixture vs a 41^3 grid over the log hyperparameters (prior x marginal likelihood weights)."""
+    import arviz as az
+
+    prior = PRESETS["gp-hyper"]()
+    x = torch.tensor([[0.1], [0.35], [0.8]])
+    y = torch.tensor([0.3, -0.5, 1.1])
+    xt, yt = torch.tensor([[0.5]]), torch.tensor([0.2])
+    mu = torch.tensor([prior.hyperpriors[k][0] for k in prior.NAMES])
+    sd = torch.tensor([prior.hyperpriors[k][1] for k in prior.NAMES])
+    axes = [torch.linspace(float(m - 5 * s), float(m + 5 * s), 41) for m, s in zip(mu, sd)]
+    grid = torch.cartesian_prod(*axes)
+    log_w = torch.distributions.Normal(mu, sd).log_prob(grid).sum(-1) + gp_log_marginal(grid, x, y, prior.noise_floor)
+    w = torch.softmax(log_w, 0)
+    per_setting = gp_predictive_per_draw(grid, x, y, xt, prior.noise_floor).dist.log_prob(yt).exp()[:, 0]
+    expected = float((w * per_setting).sum())
+
+    chains, kept = 4, 250
+    pred = full_bayes_predictive(x, y, xt, prior, num_warmup=250, num_samples=kept, num_chains=chains,
+                                 max_draws=chains * kept)
+    dens = pred.dist.log_prob(yt).exp()[:, 0]  # [chains * kept], chain-major
+    ess = float(az.ess(dens.reshape(chains, kept).numpy()))
+    mcse = float(dens.std()) / math.sqrt(ess)
+    assert float(pred.log_prob(yt)[0].exp()) == pytest.approx(expected, abs=4 * mcse)

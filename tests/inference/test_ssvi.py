@@ -1,0 +1,215 @@
+"""SSVI: removal scores against scipy's folded normal, budgets, swap invariants, masked draws and KL,
+sparse storage, FLOPs and bad input."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy import stats
+from torch import nn
+
+import uqkit
+from uqkit._io import load_tensors
+from uqkit.inference.flops import Layer, linear_layers
+from uqkit.inference.mfvi import load_variational
+from uqkit.inference.ssvi import (SparseSubspace, fit_ssvi, folded_normal_moments, layer_budgets, removal_score,
+                                  swap_fraction)
+from uqkit.inference.variational import MeanFieldGaussian, gaussian_prior_variances, kl_to_gaussian_prior
+from uqkit.models.likelihoods import Categorical
+from uqkit.models.nets import MLP
+from uqkit.models.priors import LayerwiseGaussian
+from uqkit.models.spec import ModelSpec
+
+N = 80
+
+
+def _data(generator: torch.Generator):
+    x = torch.randn(N, 4, generator=generator)
+    return x, (x[:, 0] - x[:, 1] > 0).long()
+
+
+def _spec() -> ModelSpec:
+    return ModelSpec(MLP(4, [8, 32, 32], 2, "relu"), LayerwiseGaussian(), Categorical(), N)
+
+
+def test_folded_normal_moments_match_scipy(generator):
+    mu = torch.cat([torch.randn(200, generator=generator) * 3, torch.tensor([0.0, 1e-3, -7.9])])
+    std = torch.rand(mu.shape, generator=generator) + 0.05
+    mean, var = folded_normal_moments(mu, std)
+    ref = stats.foldnorm(c=(mu.abs() / std).numpy(), scale=std.numpy())
+    np.testing.assert_allclose(mean.numpy(), ref.mean(), rtol=1e-10)
+    np.testing.assert_allclose(var.numpy(), ref.var(), rtol=1e-7)
+    # Far from 0, |theta| is N(|mu|, std^2) up to exp(-a^2/2): the variance keeps full precision there.
+    mean, var = folded_normal_moments(torch.tensor([40.0, -300.0]), torch.tensor([1.0, 2.0]))
+    torch.testing.assert_close(var, torch.tensor([1.0, 4.0]), rtol=1e-12, atol=0)
+    torch.testing.assert_close(mean, torch.tensor([40.0, 300.0]), rtol=1e-12, atol=0)
+
+
+def test_removal_scores_against_direct_formulas(generator):
+    mu = torch.randn(50, generator=generator)
+    std = torch.rand(50, generator=generator) + 0.1
+    ref = stats.foldnorm(c=(mu.abs() / std).numpy(), scale=std.numpy())
+    torch.testing.assert_close(removal_score(mu, std, "mean"), mu.abs())
+    torch.testing.assert_close(removal_score(mu, std, "snr"), mu.abs() / std)
+    np.testing.assert_allclose(removal_score(mu, std, "E_mean_abs").numpy(), ref.mean(), rtol=1e-10)
+    np.testing.assert_allclose(removal_score(mu, std, "SNR_mean_abs").numpy(), ref.mean() / ref.std(), rtol=1e-7)
+    assert removal_score(torch.tensor([0.0]), torch.tensor([0.0]), "snr").item() == 0.0  # NaN -> 0
+
+
+def test_swap_fraction_is_the_cosine_schedule():
+    assert swap_fraction(0, alpha=0.3, end_step=750) == pytest.approx(0.3)
+    assert swap_fraction(375, alpha=0.3, end_step=750) == pytest.approx(0.15)
+    assert swap_fraction(750, alpha=0.3, end_step=750) == pytest.approx(0.0)
+
+
+def test_budgets_are_exact_and_keep_the_first_layer_dense():
+    layers = [Layer("a", "a.weight", "a.bias", 1), Layer("b", "b.weight", "b.bias", 1), Layer("c", "c.weight", None, 1)]
+    sizes = {"a.weight": 40, "a.bias": 10, "b.weight": 1000, "b.bias": 100, "c.weight": 333}
+    budgets = layer_budgets(layers, sizes, 0.2, dense_first_layer=True)
+    assert set(budgets) == {"b.weight", "c.weight"}
+    assert sum(budgets.values()) + 40 + 10 + 100 == round(0.2 * sum(sizes.values()))
+    assert budgets["b.weight"] / 1000 == pytest.approx(budgets["c.weight"] / 333, abs=0.01)  # uniform density
+    assert layer_budgets(layers, sizes, 1.0) == {}
+
+
+def _subspace_and_q(generator, density=0.3):
+    spec = _spec()
+    x, _ = _data(generator)
+    subspace = SparseSubspace(density, num_steps=400, swap_every=10)
+    layers = linear_layers(spec, spec.param_template(), x[:1])
+    masks = subspace.initial_masks(spec, layers, generator=generator)
+    q = MeanFieldGaussian.init(spec, init_std=0.05, generator=generator, masks=masks)
+    for k in q.rho:
+        q.rho[k] = q.rho[k] + 0.5 * torch.randn(q.rho[k].shape, generator=generator)
+        q.mu[k].grad = torch.randn(q.mu[k].shape, generator=generator)
+    return spec, subspace, q
+
+
+def test_swap_drops_lowest_scores_and_grows_largest_gradients(generator):
+    _, subspace, q = _subspace_and_q(generator)
+    name = "layers.2.weight"
+    before = q.masks[name].clone()
+    mu, std, grad = q.mu[name].clone(), F.softplus(q.rho[name]), q.mu[name].grad.abs()
+    assert subspace.update(10, q)
+    n_swap = math.floor(swap_fraction(10, alpha=0.3, end_step=300) * int(before.sum()))
+    score = removal_score(mu, std)
+    dropped, grown = before & ~q.masks[name], ~before & q.masks[name]
+    assert int(dropped.sum()) == int(grown.sum()) == n_swap > 0
+    assert score[dropped].max() <= score[before & q.masks[name]].min()  # the kept ones scored higher
+    assert grad[grown].min() >= grad[~before & ~q.masks[name]].max()  # the grown had the largest gradients
+    assert (q.mu[name][dropped | grown] == 0).all()
+    kept = before & q.masks[name]
+    torch.testing.assert_close(q.rho[name][grown], torch.full((n_swap,), float(q.rho[name][kept].mean())))
+
+
+def test_budgets_hold_after_every_swap_and_inactive_draws_are_exactly_zero(tmp_path, generator):
+    spec = _spec()
+    post = uqkit.fit(spec, _data(generator), engine="ssvi", density=0.3, num_steps=200, batch_size=20,
+                     swap_every=10, num_draws=5, seed=1, progress=False)
+    budgets = post.meta["layer_budgets"]
+    assert len(post.meta["swaps"]) == 14  # steps 10, 20, ..., 140 < T_end = 150
+    assert post.meta["swaps"][0]["moved"] > 0
+    for swap in post.meta["swaps"]:
+        assert all(swap["active"][k] == n for k, n in budgets.items())
+    q = post.family
+    assert q.num_active() == {k: budgets.get(k, v.numel()) for k, v in q.mu.items()}
+    assert post.meta["active_parameters"] == round(0.3 * post.meta["dense_parameters"])
+    for k, mask in q.masks.items():
+        draws = post.draws[k][0]  # [S, *shape]
+        assert (draws[:, ~mask] == 0).all() and (draws[:, mask] != 0).all()
+        assert (q.mu[k][~mask] == 0).all()
+
+
+def test_kl_counts_active_coordinates_only(generator):
+    spec, _, q = _subspace_and_q(generator)
+    prior_var = gaussian_prior_variances(spec.prior, q.mu)
+    expected = sum(torch.distributions.kl_divergence(
+        torch.distributions.Normal(q.mu[k][q.masks.get(k, torch.ones_like(q.mu[k], dtype=torch.bool))],
+                                   F.softplus(q.rho[k])[q.masks.get(k, torch.ones_like(q.mu[k], dtype=torch.bool))]),
+        torch.distributions.Normal(0.0, math.sqrt(float(prior_var[k])))).sum() for k in q.mu)
+    torch.testing.assert_close(kl_to_gaussian_prior(q, prior_var), expected)
+    for k, mask in q.masks.items():
+        q.rho[k][~mask] = 50.0  # inactive scales do not enter
+    torch.testing.assert_close(kl_to_gaussian_prior(q, prior_var), expected)
+
+
+def test_sparse_storage_round_trip(tmp_path, generator):
+    spec = _spec()
+    x, y = _data(generator)
+    post = fit_ssvi(spec, (x, y), density=0.2, num_steps=60, batch_size=20, swap_every=10, num_draws=4, seed=2,
+                    progress=False)
+    path = tmp_path / "ssvi.safetensors"
+    post.save(path)
+    tensors, _ = load_tensors(path, kind="uqkit.variational-posterior/1")
+    for k, n in post.meta["layer_budgets"].items():
+        assert tensors[f"mu/{k}"].numel() == tensors[f"rho/{k}"].numel() == tensors[f"index/{k}"].numel() == n
+    stored = sum(v.numel() for k, v in tensors.items() if k.startswith("mu/"))
+    assert stored == post.meta["active_parameters"]
+    loaded = load_variational(path, spec)
+    assert torch.equal(loaded.predict(x).probs, post.predict(x).probs)
+    assert all(torch.equal(loaded.family.masks[k], m) for k, m in post.family.masks.items())
+
+
+def test_sparse_training_counts_fewer_flops(generator):
+    spec = _spec()
+    data = _data(generator)
+    dense = uqkit.fit(spec, data, engine="mfvi", num_steps=40, batch_size=20, progress=False)
+    sparse = uqkit.fit(spec, data, engine="ssvi", density=0.25, num_steps=40, batch_size=20, swap_every=10,
+                       progress=False)
+    assert sparse.meta["train_flops"] < 0.5 * dense.meta["train_flops"]
+    assert sparse.meta["inference_flops"] < dense.meta["inference_flops"]
+
+
+@pytest.mark.parametrize(("options", "match"), [
+    ({"density": 0.0}, "density: expected a finite number > 0"),
+    ({"density": 1.5}, r"density: expected a fraction of active coordinates in \(0, 1\]"),
+    ({"density": float("nan")}, "density: expected a finite number > 0"),
+    ({"swap_every": 100, "num_steps": 120}, "swap_every, swap_until: the schedule ends at step 90"),
+    ({"swap_until": 0.0}, "swap_until: expected a finite number > 0"),
+    ({"removal": "magnitude"}, "removal: expected one of"),
+    ({"density": 0.01}, "density: 0.01 keeps .* the masks cannot cover the remaining layers"),
+])
+def test_bad_input(options, match, generator):
+    with pytest.raises(ValueError, match=match):
+        fit_ssvi(_spec(), _data(generator), progress=False, **{"num_steps": 50, "swap_every": 10, **options})
+
+
+def test_a_net_without_maskable_layers_is_refused(generator):
+    spec = ModelSpec(MLP(4, [], 2), LayerwiseGaussian(), Categorical(), N)
+    with pytest.raises(ValueError, match="net: SSVI masks the weights of Linear/Conv layers after the first"):
+        fit_ssvi(spec, _data(generator), num_steps=50, swap_every=10, progress=False)
+
+
+def test_nan_loss_names_the_step_and_the_layer(generator):
+    spec = ModelSpec(nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(8, 2)), LayerwiseGaussian(),
+                     Categorical(), N)
+    x, y = _data(generator)
+    x[5, 2] = 1e300  # finite, but x^2 in the first layer's output variance overflows
+    with pytest.raises(ValueError, match=r"ssvi: the loss is nan at step 0 .*first non-finite output: layer '0'"):
+        fit_ssvi(spec, (x, y), density=0.5, num_steps=50, swap_every=10, batch_size=None, progress=False)
+
+
+class _FlatPrior:
+    """Not Gaussian per coordinate: SSVI cannot restrict its KL to the active coordinates."""
+
+    def log_prob(self, params):
+        return torch.zeros(())
+
+    def sample(self, num, *, generator, template):
+        raise NotImplementedError
+
+    def state(self):
+        return {}
+
+    def with_state(self, tensors):
+        return self
+
+
+def test_a_prior_without_closed_form_kl_is_refused(generator):
+    spec = ModelSpec(MLP(4, [8, 32, 32], 2, "relu"), _FlatPrior(), Categorical(), N)
+    with pytest.raises(ValueError, match="prior: ssvi needs a prior that is Gaussian per coordinate"):
+        fit_ssvi(spec, _data(generator), num_steps=50, swap_every=10, progress=False)

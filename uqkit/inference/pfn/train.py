@@ -1,0 +1,174 @@
+"""PFN training on a stream of prior datasets: Adam, linear warm-up then cosine decay, checkpoints, resume.
+
+Each step draws ``batch_size`` fresh datasets of ``seq_len`` points from the prior simulator and one
+context size ``p`` for the whole batch (weights ``∝ 1 / (seq_len - p)``, so that every context size
+gets a similar number of query losses, as in the PFN paper); points ``< p`` are the context and the
+rest are queries scored by the prior-data NLL. A checkpoint holds the model, the optimiser state and
+the data generator's state, so a resumed run reproduces an uninterrupted one bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from uqkit._io import load_tensors
+from uqkit.inference.pfn.bar import BarDistribution, borders_from_samples
+from uqkit.inference.pfn.model import PFNConfig, PFNTransformer
+from uqkit.inference.pfn.pfn import KIND, PFN, write_checkpoint
+from uqkit.models.pfn_priors import PriorSimulator
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training settings.
+
+    Attributes:
+        steps: optimiser steps in total (the cosine schedule ends here).
+        batch_size: datasets per step.
+        seq_len: points per dataset (context + queries); must exceed ``max_context``.
+        max_context: largest context size trained on (and accepted by `PFN.predict`).
+        lr: peak learning rate; warmup: linear warm-up steps.
+        grad_clip: maximum gradient norm.
+        checkpoint_every: steps between checkpoints (and at the end).
+        border_datasets: prior datasets (of ``seq_len`` points) used to place the bucket borders.
+        seed: seed of the data generator (and of the initial weights).
+    """
+
+    steps: int
+    batch_size: int = 16
+    seq_len: int = 128
+    max_context: int = 100
+    lr: float = 1e-3
+    warmup: int = 200
+    grad_clip: float = 1.0
+    checkpoint_every: int = 250
+    border_datasets: int = 1000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
+            raise ValueError("steps, batch_size, checkpoint_every: expected positive integers")
+        if not 0 < self.max_context < self.seq_len:
+            raise ValueError(f"max_context: expected 0 < max_context < seq_len = {self.seq_len}, got {self.max_context}")
+
+
+def learning_rate(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up over ``cfg.warmup`` steps, then cosine decay to 0 at ``cfg.steps``."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def context_weights(cfg: TrainConfig) -> Tensor:
+    """``[max_context + 1]`` probabilities of each context size ``p``, ``∝ 1 / (seq_len - p)``."""
+    w = 1.0 / (cfg.seq_len - torch.arange(cfg.max_context + 1, dtype=torch.float64))
+    return w / w.sum()
+
+
+def train_pfn(simulator: PriorSimulator, out: str | Path, train: TrainConfig, model: PFNConfig | None = None, *,
+              resume: bool = False, num_buckets: int = 1000, command: str = "", progress: bool = True) -> PFN:
+    """Train a PFN on ``simulator``'s prior, writing checkpoints to ``out``; returns the trained PFN.
+
+    Args:
+        simulator: the prior (`uqkit.models.pfn_priors`).
+        out: checkpoint path (``.safetensors``); rewritten every ``train.checkpoint_every`` steps.
+        train: training settings; model: transformer sizes (default `PFNConfig` with the prior's
+            input dimension and ``num_buckets`` outputs, or the class count for classification).
+        resume: continue from the checkpoint at ``out`` (same prior and settings required).
+        num_buckets: bar-distribution buckets (regression).
+        command: the command line, recorded in the checkpoint.
+        progress: show a tqdm progress bar.
+    """
+    from tqdm.auto import tqdm
+
+    classification = simulator.task == "classification"
+    if model is None:
+        outputs = simulator.num_classes if classification else num_buckets
+        model = PFNConfig(max_input_dim=simulator.input_dims[1], num_outputs=outputs)
+    prior_info = {**simulator.info(), "max_context": train.max_context}
+    generator = torch.Generator().manual_seed(train.seed)
+    with torch.random.fork_rng(devices=[]):  # initial weights: nn.Module init reads the global generator
+        torch.manual_seed(train.seed)
+        net = PFNTransformer(model).float()
+    optimizer = torch.optim.Adam(net.parameters(), lr=train.lr)
+    state = {"step": 0, "wall_time_s": 0.0, "loss_ema": None, "train_config": asdict(train), "command": command}
+    borders = None
+    if resume:
+        borders, state = _restore(out, net, optimizer, generator, prior_info, model, train)
+    elif not classification:
+        _, y = simulator.sample(train.border_datasets, train.seq_len, generator=generator)
+        borders = borders_from_samples(y, model.num_outputs)
+    weights = context_weights(train)
+    start, t0 = state["step"], time.perf_counter() - state["wall_time_s"]
+    bar = tqdm(range(start, train.steps), initial=start, total=train.steps, disable=not progress, desc="pfn train")
+    for step in bar:
+        p = int(torch.multinomial(weights, 1, generator=generator))
+        x, y = simulator.sample(train.batch_size, train.seq_len, generator=generator)
+        x, y = x.float(), y.float()
+        logits = net(x[:, :p], y[:, :p], x[:, p:])
+        if classification:
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y[:, p:].reshape(-1).long())
+        else:
+            loss = -BarDistribution(logits, borders.float()).log_prob(y[:, p:]).mean()
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, train)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), train.grad_clip)
+        optimizer.step()
+        ema = state["loss_ema"]
+        value = loss.detach().item()
+        state["loss_ema"] = value if ema is None else 0.99 * ema + 0.01 * value
+        state["step"] = step + 1
+        bar.set_postfix(loss=f"{state['loss_ema']:.4f}", p=p)
+        if state["step"] % train.checkpoint_every == 0 or state["step"] == train.steps:
+            state["wall_time_s"] = time.perf_counter() - t0
+            _save(out, net, optimizer, generator, borders, prior_info, model, state)
+    pfn = PFN(net.eval(), borders, prior_info)
+    pfn.training_info = _training_info(state)
+    return pfn
+
+
+def _training_info(state: dict) -> dict:
+    return {"command": state["command"], "steps": state["step"], "wall_time_s": round(state["wall_time_s"], 1),
+            "final_loss_ema": state["loss_ema"], "train_config": state["train_config"]}
+
+
+def _save(out: str | Path, net: PFNTransformer, optimizer: torch.optim.Optimizer, generator: torch.Generator,
+          borders: Tensor | None, prior_info: dict, model: PFNConfig, state: dict) -> None:
+    extra = {"rng_state": generator.get_state()}
+    for i, s in optimizer.state_dict()["state"].items():
+        extra.update({f"optim.{i}.{name}": torch.as_tensor(v) for name, v in s.items()})
+    write_checkpoint(out, net, borders, prior_info, model, training=_training_info(state),
+                     extra_tensors=extra, extra_meta={"train_state": json.dumps(state)})
+
+
+def _restore(out: str | Path, net: PFNTransformer, optimizer: torch.optim.Optimizer, generator: torch.Generator,
+             prior_info: dict, model: PFNConfig, train: TrainConfig) -> tuple[Tensor | None, dict]:
+    tensors, meta = load_tensors(out, kind=KIND)
+    if "train_state" not in meta:
+        raise ValueError(f"out: {out} holds no training state (a shipped checkpoint cannot be resumed)")
+    state = json.loads(meta["train_state"])
+    for what, saved, now in (("prior", json.loads(meta["prior_info"]), prior_info),
+                             ("model config", json.loads(meta["config"]), model.to_dict()),
+                             ("training config", state["train_config"], asdict(train))):
+        if saved != json.loads(json.dumps(now)):
+            raise ValueError(f"resume: the checkpoint's {what} {saved} differs from this run's {now}")
+    net.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    opt_state = optimizer.state_dict()
+    for key, v in tensors.items():
+        if key.startswith("optim."):
+            _, i, name = key.split(".")
+            opt_state["state"].setdefault(int(i), {})[name] = v
+    optimizer.load_state_dict(opt_state)
+    generator.set_state(tensors["rng_state"])
+    return tensors.get("borders"), state
