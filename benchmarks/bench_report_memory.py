@@ -11,11 +11,15 @@ Side by side in one process:
 * ``uqkit.evaluate`` (chunked: one validated pass over row chunks, O(N) vectors beside the inputs);
 * the peer: the same metrics from the public one-pass functions on the full arrays (what `evaluate`
   did before chunking: every function validates and allocates its own ``[N, C]`` temporaries);
-* the full report with figures, and a regression report (N Gaussian predictions) for comparison.
+* the full report with figures;
+* regression (``--task regression`` or ``both``): N Gaussian predictions, ``evaluate`` (chunked by
+  `regression.regression_scores`) against the public one-pass regression functions (what
+  `regression_metrics` did before chunking), then the report with figures.
 
 The ratio (peer / evaluate) is printed with ``torch.get_num_threads()`` and the load average.
 
-Usage: ``python benchmarks/bench_report_memory.py [--num-points 10000000] [--num-classes 10] [--threads 1]``.
+Usage: ``python benchmarks/bench_report_memory.py [--num-points 10000000] [--num-classes 10]
+[--task {classification,regression,both}] [--threads 1]``.
 """
 
 from __future__ import annotations
@@ -55,13 +59,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-points", type=int, default=10_000_000)
     parser.add_argument("--num-classes", type=int, default=10)
+    parser.add_argument("--task", choices=("classification", "regression", "both"), default="both")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     if any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
     torch.set_num_threads(args.threads)
-    classification(args.num_points, args.num_classes)
-    regression(args.num_points)
+    if args.task in ("classification", "both"):
+        classification(args.num_points, args.num_classes)
+    if args.task in ("regression", "both"):
+        regression(args.num_points)
 
 
 def classification(n: int, c: int) -> None:
@@ -83,15 +90,37 @@ def classification(n: int, c: int) -> None:
           f"  [{context_str()}]")
 
 
+def one_pass_regression(pred: uqkit.Predictive, y: torch.Tensor) -> dict[str, float]:
+    """The regression metrics of `evaluate`, each from its public function on the full arrays."""
+    out = {"rmse": R.rmse(pred, y), "nll": R.regression_nll(pred, y), "crps": R.crps(pred, y),
+           "miscalibration_area": R.miscalibration_area(pred, y),
+           "quantile_calibration_error": R.quantile_calibration_error(pred, y), "sharpness": R.sharpness(pred)}
+    for level in (0.5, 0.9, 0.95):
+        out[f"coverage_{round(100 * level)}"] = R.interval_coverage(pred, y, level)
+        out[f"width_{round(100 * level)}"] = R.interval_width(pred, level)
+    return {k: float(v) for k, v in out.items()}
+
+
 def regression(n: int) -> None:
-    """Peak memory of the regression metrics (not chunked) on ``n`` Gaussian predictions."""
+    """Peak memory of a regression `evaluate` against the one-pass functions on ``n`` float32 Gaussians."""
     g = torch.Generator().manual_seed(1)
     mean = torch.randn(n, generator=g, dtype=torch.float32)
     y = mean + torch.randn(n, generator=g, dtype=torch.float32)
     pred = uqkit.Predictive.gaussian(mean, torch.ones(n, dtype=torch.float32))
-    peak_reg, _ = peak_rss_delta(lambda: R.regression_metrics(pred, y))
-    print(f"regression_metrics (N Gaussians, not chunked): peak +{peak_reg / MIB:.0f} MiB "
-          f"({peak_reg / n:.1f} bytes per prediction)  [{context_str()}]")
+    inputs = (pred.dist.loc.numel() + pred.dist.scale.numel() + y.numel()) * 4
+    print(f"N = {n:,} Gaussian predictions, float32; inputs (mean + sd + targets) {inputs / MIB:.0f} MiB")
+    peak_eval, report = peak_rss_delta(lambda: uqkit.evaluate(pred, y, make_figures=False))
+    print(f"uqkit.evaluate regression (chunked, metrics only): peak +{peak_eval / MIB:.0f} MiB "
+          f"({peak_eval / n:.1f} bytes per prediction)  [{context_str()}]")
+    peak_peer, peer = peak_rss_delta(lambda: one_pass_regression(pred, y))
+    print(f"peer: one-pass public regression functions: peak +{peak_peer / MIB:.0f} MiB "
+          f"({peak_peer / n:.1f} bytes per prediction)  [{context_str()}]")
+    print(f"ratio peer / evaluate: {peak_peer / peak_eval:.2f}x")
+    worst = max(abs(report.metrics[k] - v) / max(abs(v), 1e-12) for k, v in peer.items())
+    print(f"largest relative difference between the two: {worst:.2e} (float32 one-pass sums vs float64 chunk sums)")
+    peak_fig, _ = peak_rss_delta(lambda: uqkit.evaluate(pred, y, make_figures=True))
+    print(f"uqkit.evaluate regression with figures: peak +{peak_fig / MIB:.0f} MiB ({peak_fig / n:.1f} bytes per "
+          f"prediction)  [{context_str()}]")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ import uqkit
 from uqkit import Predictive
 from uqkit.calibration import classification, regression
 from uqkit.calibration.conformal import ConformalClassifier, SplitConformalRegressor, set_size
-from uqkit.calibration.recalibrate import IsotonicCalibrator, PlattScaler, TemperatureScaler, VarianceScaler
+from uqkit.calibration.recalibrate import IsotonicCalibrator, PlattScaler, TemperatureScaler
+from uqkit.calibration.recalibrate_regression import VarianceScaler
 from uqkit.data import load_sklearn
 from uqkit.models import BayesianLinearRegression
 

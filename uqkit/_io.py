@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
+from glob import escape as glob_escape
 from pathlib import Path
 
 from torch import Tensor
 
+#: Characters and length of the random part of `tempfile.mkstemp` names (``tempfile._RandomNameSequence``).
+_TEMP_RANDOM = "[a-z0-9_]{8}"
+
 
 def save_tensors(path: str | Path, tensors: dict[str, Tensor], *, kind: str, meta: dict[str, str] | None = None) -> None:
-    """Write ``tensors`` to ``path`` as safetensors, tagged with ``kind``; atomic (temp file, fsync, rename)."""
+    """Write ``tensors`` to ``path`` as safetensors, tagged with ``kind``; atomic (temp file, fsync, rename).
+
+    The temporary file is ``.<name>.<8 random characters>.tmp`` beside ``path``. A process killed while
+    writing leaves one behind; the next successful write of the same ``path`` deletes such leftovers
+    (only names of exactly that pattern; two processes writing one path at once are not supported).
+    """
     from safetensors.torch import save
 
     path = Path(path)
@@ -27,6 +37,15 @@ def save_tensors(path: str | Path, tensors: dict[str, Tensor], *, kind: str, met
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _remove_stale_temp_files(path)
+
+
+def _remove_stale_temp_files(path: Path) -> None:
+    """Delete ``.<name>.XXXXXXXX.tmp`` files that interrupted writes of ``path`` left beside it."""
+    own = re.compile(rf"\.{re.escape(path.name)}\.{_TEMP_RANDOM}\.tmp")
+    for leftover in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):
+        if own.fullmatch(leftover.name) and leftover.is_file():
+            leftover.unlink(missing_ok=True)
 
 
 def load_tensors(path: str | Path, *, kind: str) -> tuple[dict[str, Tensor], dict[str, str]]:

@@ -12,6 +12,7 @@ from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
 from uqkit.calibration import recalibrate as rc
+from uqkit.calibration import recalibrate_regression as rr
 from uqkit.calibration import regression as reg
 from uqkit.calibration.classification import ece
 from uqkit.calibration.predictive import Predictive
@@ -184,7 +185,7 @@ def test_variance_scaler_closed_form_single_gaussian(generator):
     mean, sd = torch.randn(300, 2, generator=generator), torch.rand(300, 2, generator=generator) + 0.3
     y = mean + 1.7 * sd * torch.randn(300, 2, generator=generator)
     pred = Predictive.gaussian(mean[None], sd[None] ** 2)
-    scaler = rc.VarianceScaler().fit(pred, y)
+    scaler = rr.VarianceScaler().fit(pred, y)
     assert scaler.scale_ == pytest.approx(float(np.mean(((y - mean) / sd).numpy() ** 2)), rel=1e-12)
     out = scaler.transform(pred)
     torch.testing.assert_close(out.variance(), scaler.scale_ * pred.variance())
@@ -198,7 +199,7 @@ def test_variance_scaler_mixture_matches_scipy(generator):
     log_w = torch.tensor([0.0, 0.5, -0.5])
     pred = Predictive.gaussian(mean, var, log_weights=log_w)
     y = pred.mean() + 2.0 * pred.variance().sqrt() * torch.randn(200, generator=generator)
-    scaler = rc.VarianceScaler().fit(pred, y)
+    scaler = rr.VarianceScaler().fit(pred, y)
 
     w, m = special.softmax(log_w.numpy()), pred.mean().numpy()
 
@@ -225,7 +226,7 @@ def test_isotonic_regression_recalibrates_a_too_narrow_gaussian(seed):
         return Predictive.gaussian(mean, torch.ones(n)), y
 
     (pred_val, y_val), (pred_test, y_test) = simulate(), simulate()
-    calibrator = rc.IsotonicRegressionCalibrator().fit(pred_val, y_val)
+    calibrator = rr.IsotonicRegressionCalibrator().fit(pred_val, y_val)
     recalibrated = calibrator.transform(pred_test)
     # R is the interpolated empirical CDF of the validation PITs (within 1/n of it), so with probability
     # >= 1 - 2e-4 the test KS statistic is below the two DKW radii plus 2/n.
@@ -242,7 +243,7 @@ def test_isotonic_regression_recalibrates_a_too_narrow_gaussian(seed):
 
 def test_recalibrated_distribution_with_identity_map_is_the_base(generator):
     pred = Predictive.gaussian(torch.randn(2, 6, generator=generator), torch.rand(2, 6, generator=generator) + 0.5)
-    dist = rc.RecalibratedDistribution(pred, torch.tensor([0.0, 1.0]), torch.tensor([0.0, 1.0]))
+    dist = rr.RecalibratedDistribution(pred, torch.tensor([0.0, 1.0]), torch.tensor([0.0, 1.0]))
     out = Predictive.from_distribution(dist)
     y = torch.randn(6, generator=generator)
     torch.testing.assert_close(out.cdf(y), pred.cdf(y), rtol=1e-12, atol=1e-15)
@@ -257,7 +258,7 @@ def test_recalibrated_distribution_against_scipy(generator):
     knots_x = torch.tensor([0.0, 0.2, 0.5, 0.9, 1.0])
     knots_y = torch.tensor([0.0, 0.05, 0.5, 0.97, 1.0])
     mean, sd = torch.tensor([0.3, -1.0]), torch.tensor([1.5, 0.7])
-    out = Predictive.from_distribution(rc.RecalibratedDistribution(Predictive.gaussian(mean, sd**2), knots_x, knots_y))
+    out = Predictive.from_distribution(rr.RecalibratedDistribution(Predictive.gaussian(mean, sd**2), knots_x, knots_y))
     kx, ky = knots_x.numpy(), knots_y.numpy()
     y = torch.tensor([0.9, -1.3])
     expected_cdf = np.interp(stats.norm.cdf(y.numpy(), mean.numpy(), sd.numpy()), kx, ky)
@@ -292,7 +293,7 @@ def test_classification_recalibrators_refuse_use_before_fit(make):
         make().transform(torch.zeros(3, 2))
 
 
-@pytest.mark.parametrize("make", [rc.VarianceScaler, rc.IsotonicRegressionCalibrator])
+@pytest.mark.parametrize("make", [rr.VarianceScaler, rr.IsotonicRegressionCalibrator])
 def test_regression_recalibrators_refuse_use_before_fit(make):
     with pytest.raises(NotFittedError, match="is not fitted yet"):
         make().transform(Predictive.gaussian(torch.zeros(3), torch.ones(3)))
@@ -318,9 +319,9 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="^logits: expected finite values"):
         rc.TemperatureScaler().fit(torch.full((4, 3), float("nan")), labels)
     with pytest.raises(ValueError, match="^pred: expected a regression Predictive"):
-        rc.IsotonicRegressionCalibrator().fit(Predictive.from_logits(logits), torch.zeros(4))
+        rr.IsotonicRegressionCalibrator().fit(Predictive.from_logits(logits), torch.zeros(4))
     with pytest.raises(ValueError, match="^pred: VarianceScaler needs a Gaussian"):
         laplace = Predictive.from_distribution(torch.distributions.Laplace(torch.zeros(1, 4), torch.ones(1, 4)))
-        rc.VarianceScaler().fit(laplace, torch.zeros(4))
+        rr.VarianceScaler().fit(laplace, torch.zeros(4))
     with pytest.raises(ValueError, match=r"^y: expected shape \(4,\)"):
-        rc.VarianceScaler().fit(regression, torch.zeros(3))
+        rr.VarianceScaler().fit(regression, torch.zeros(3))

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from scipy.special import logsumexp, softmax
+from scipy.stats import percentileofscore
 from torch import nn
 
 from uqkit.inference.cascade import WindowCascade, confidence, operating_threshold, window
@@ -31,7 +32,7 @@ def _logits(generator: torch.Generator, n: int) -> torch.Tensor:
 
 
 def _numpy_window(reference: np.ndarray, tau: float, width: float) -> tuple[float, float]:
-    q = 100 * np.mean(reference < tau)
+    q = percentileofscore(reference, tau)  # kind="rank", as the reference code
     return tuple(np.percentile(reference, [max(q - width, 0), min(q + width, 100)]))
 
 
@@ -76,7 +77,7 @@ def test_decisions_match_direct_window_rule(generator, score, adjusted):
     if score == "msp":
         expected_conf = np.where(deferred, both.max(-1), s_test)
     else:
-        expected_conf = np.where(deferred, logsumexp((z_test[:, :C] + z_test[:, C:]) / 2, -1), s_test)
+        expected_conf = np.where(deferred, (logsumexp(z_test[:, :C], -1) + logsumexp(z_test[:, C:], -1)) / 2, s_test)
     np.testing.assert_allclose(out.confidence.numpy(), expected_conf, rtol=1e-12)
 
 
@@ -91,12 +92,20 @@ def test_window_covers_about_twenty_percent_of_validation(generator):
     assert hi == pytest.approx(float(torch.quantile(scores, centre + 0.10)), rel=1e-12)
 
 
+def test_window_centre_is_percentile_rank_with_ties():
+    reference = np.array([0.1, 0.2, 0.2, 0.2, 0.5, 0.7, 0.9, 0.9, 1.0, 1.0])
+    for tau in (0.2, 0.9, 0.6):  # tied with several scores, and between scores
+        rank = percentileofscore(reference, tau)
+        expected = np.percentile(reference, [max(rank - 10, 0), min(rank + 10, 100)])
+        np.testing.assert_allclose(window(torch.from_numpy(reference), tau, 10), expected, rtol=1e-12)
+
+
 def test_single_threshold_baseline_defers_least_confident(generator):
     x_val, x_test = _logits(generator, 500), _logits(generator, 500)
     cascade = WindowCascade([_Slice(0), _Slice(1)], rule="single", width=20, operating_point="risk@80").fit(x_val)
     out = cascade.predict(x_test)
     s_val, s_test = softmax(x_val.numpy()[:, :C], -1).max(-1), softmax(x_test.numpy()[:, :C], -1).max(-1)
-    np.testing.assert_array_equal(out.deferred.numpy(), s_test < np.percentile(s_val, 20))
+    np.testing.assert_array_equal(out.deferred.numpy(), s_test <= np.percentile(s_val, 20))  # exits only above
 
 
 def test_operating_thresholds(generator):
@@ -115,8 +124,9 @@ def test_confidence_scores_from_ensemble(generator):
     p = softmax(z, -1).mean(0)
     np.testing.assert_allclose(confidence(logits, "msp").numpy(), p.max(-1), rtol=1e-12)
     np.testing.assert_allclose(confidence(logits, "entropy").numpy(), (p * np.log(p)).sum(-1), rtol=1e-12)
-    np.testing.assert_allclose(confidence(logits, "energy").numpy(), logsumexp(z.mean(0), -1), rtol=1e-12)
-    np.testing.assert_allclose(confidence(logits, "max_logit").numpy(), z.mean(0).max(-1), rtol=1e-12)
+    # logit scores: the members' own scores averaged (reference code), not the score of averaged logits
+    np.testing.assert_allclose(confidence(logits, "energy").numpy(), logsumexp(z, -1).mean(0), rtol=1e-12)
+    np.testing.assert_allclose(confidence(logits, "max_logit").numpy(), z.max(-1).mean(0), rtol=1e-12)
 
 
 def test_flops_per_sample(generator):

@@ -168,6 +168,19 @@ def test_fit_interface_prediction_and_storage(tmp_path, generator):
     assert torch.equal(loaded.predict(x[:5]).probs, pred.probs)
 
 
+def test_fit_batch_size_none_is_full_batch(generator):
+    """``fit(batch_size=None)`` reaches the trainer: every step sees all N points, as `fit_mfvi(batch_size=None)`."""
+    x = torch.randn(300, 4, generator=generator)
+    y = (x[:, 0] > 0).long()
+    spec = ModelSpec(MLP(4, [8], 2), LayerwiseGaussian(), Categorical(), 300)
+    via_fit = uqkit.fit(spec, (x, y), engine="mfvi", batch_size=None, num_steps=5, num_draws=2, progress=False)
+    direct = fit_mfvi(spec, (x, y), batch_size=None, num_steps=5, num_draws=2, progress=False)
+    minibatch = fit_mfvi(spec, (x, y), num_steps=5, num_draws=2, progress=False)
+    assert via_fit.meta["config"]["batch_size"] is None
+    assert via_fit.meta["loss_trace"] == direct.meta["loss_trace"] != minibatch.meta["loss_trace"]
+    assert via_fit.meta["train_flops"] == direct.meta["train_flops"] > minibatch.meta["train_flops"]
+
+
 def test_nan_loss_names_the_step_and_the_layer(generator):
     net = nn.Sequential(nn.Linear(3, 4), _Sqrt(), nn.Linear(4, 2))
     x, y = torch.randn(10, 3, generator=generator), torch.randint(0, 2, (10,), generator=generator)

@@ -68,12 +68,37 @@ def test_swap_fraction_is_the_cosine_schedule():
 
 def test_budgets_are_exact_and_keep_the_first_layer_dense():
     layers = [Layer("a", "a.weight", "a.bias", 1), Layer("b", "b.weight", "b.bias", 1), Layer("c", "c.weight", None, 1)]
-    sizes = {"a.weight": 40, "a.bias": 10, "b.weight": 1000, "b.bias": 100, "c.weight": 333}
-    budgets = layer_budgets(layers, sizes, 0.2, dense_first_layer=True)
+    shapes = {"a.weight": (10, 4), "a.bias": (10,), "b.weight": (100, 10), "b.bias": (100,), "c.weight": (333, 1)}
+    sizes = {k: math.prod(v) for k, v in shapes.items()}
+    budgets = layer_budgets(layers, shapes, 0.2, dense_first_layer=True)
     assert set(budgets) == {"b.weight", "c.weight"}
     assert sum(budgets.values()) + 40 + 10 + 100 == round(0.2 * sum(sizes.values()))
     assert budgets["b.weight"] / 1000 == pytest.approx(budgets["c.weight"] / 333, abs=0.01)  # uniform density
-    assert layer_budgets(layers, sizes, 1.0) == {}
+    assert layer_budgets(layers, shapes, 1.0) == {}
+    # the paper's convention: every masked weight at the density itself
+    assert layer_budgets(layers, shapes, 0.2, allocation="layer") == {"b.weight": 200, "c.weight": 67}
+    with pytest.raises(ValueError, match="^allocation: expected one of"):
+        layer_budgets(layers, shapes, 0.2, allocation="uniform")
+
+
+def test_erk_budgets_follow_the_erdos_renyi_kernel_rule():
+    """Uncapped layers' densities are proportional to sum(shape)/prod(shape); capped layers are dense; total exact."""
+    layers = [Layer(n, f"{n}.weight", None, 1) for n in "abcd"]
+    shapes = {"a.weight": (16, 1, 3), "b.weight": (32, 16, 3), "c.weight": (128, 640), "d.weight": (10, 128)}
+    sizes = {k: math.prod(v) for k, v in shapes.items()}
+    density = 0.1
+    budgets = layer_budgets(layers, shapes, density, allocation="erk")
+    assert sum(budgets.values()) + sizes["a.weight"] == round(density * sum(sizes.values()))
+    # direct water-filling by hand: d has ERK weight 138/1280 = 0.108, about 11.5x c's 768/81920
+    erk = {k: sum(shapes[k]) / sizes[k] for k in ("b.weight", "c.weight", "d.weight")}
+    left = round(density * sum(sizes.values())) - sizes["a.weight"]
+    scale = left / sum(erk[k] * sizes[k] for k in erk)
+    assert all(scale * w < 1 for w in erk.values())  # no layer capped at this density
+    for k, w in erk.items():
+        assert budgets[k] == pytest.approx(scale * w * sizes[k], abs=1)
+    capped = layer_budgets(layers, shapes, 0.3, allocation="erk")
+    assert capped["d.weight"] == sizes["d.weight"]  # its ERK density would pass 1
+    assert sum(capped.values()) + sizes["a.weight"] == round(0.3 * sum(sizes.values()))
 
 
 def _subspace_and_q(generator, density=0.3):

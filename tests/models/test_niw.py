@@ -161,6 +161,8 @@ def test_factored_posterior_errors():
     full = NormalInverseWishart.create(np.zeros(2), 1.0, np.eye(2), 3.0)
     with pytest.raises(ValueError, match="^factor: the factored local posterior needs a diagonal NIW"):
         full.local_posterior_factored(torch.zeros(2), torch.zeros(1, 2))
+    with pytest.raises(ValueError, match="^factor: I \\+ F D\\^\\{-1\\} F\\^T is not numerically positive definite"):
+        q.local_posterior_factored(torch.zeros(3), torch.full((1, 3), float("nan")))
     post = q.local_posterior_factored(torch.zeros(3), torch.ones(1, 3))
     assert isinstance(post, FactoredGaussian)
     with pytest.raises(ValueError, match="^cov: a FactoredGaussian local posterior needs a diagonal NIW"):

@@ -22,7 +22,7 @@ from torch import nn
 
 import uqkit
 from uqkit.calibration import classification as C
-from uqkit.calibration import conformal, ood, recalibrate, regression, selective
+from uqkit.calibration import conformal, ood, recalibrate, recalibrate_regression, regression, selective
 from uqkit.calibration.predictive import Predictive
 from uqkit.cli import main as cli_main
 from uqkit.inference.cascade import WindowCascade
@@ -363,7 +363,7 @@ def _recalibrator_cases() -> list[Case]:
         Case("recalibrate.TemperatureScaler", "max_iter 0", "max_iter", lambda: recalibrate.TemperatureScaler(max_iter=0).fit(logits(), labels())),
         Case("recalibrate.HistogramBinning", "num_bins 0", "num_bins", lambda: recalibrate.HistogramBinning(num_bins=0).fit(logits(), labels())),
     ]
-    for cls in (recalibrate.VarianceScaler, recalibrate.IsotonicRegressionCalibrator):
+    for cls in (recalibrate_regression.VarianceScaler, recalibrate_regression.IsotonicRegressionCalibrator):
         e = f"recalibrate.{cls.__name__}"
         cases += [
             Case(e, "classification pred", "pred", lambda c=cls: c().fit(cls_pred(), reg_y())),

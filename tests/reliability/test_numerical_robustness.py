@@ -111,3 +111,93 @@ def test_chunked_evaluate_equals_one_pass_metrics(generator, monkeypatch, num_dr
     assert chunked["ece"] == pytest.approx(float(C.ece(probs, y)), rel=1e-12)
     assert chunked["adaptive_ece"] == pytest.approx(float(C.adaptive_ece(probs, y)), rel=1e-12)
     assert chunked["nll"] == pytest.approx(float(-pred.log_prob(y).mean()), rel=1e-12)
+
+
+def _gaussian_case(generator, num_draws: int, num_outputs: int | None) -> tuple[Predictive, torch.Tensor]:
+    shape = (num_draws, 103) if num_outputs is None else (num_draws, 103, num_outputs)
+    mean = torch.randn(shape, generator=generator)
+    var = 0.2 + torch.rand(shape, generator=generator)
+    y = mean[0] + torch.randn(shape[1:], generator=generator)
+    return Predictive.gaussian(mean, var), y
+
+
+def _student_case(generator) -> tuple[Predictive, torch.Tensor]:
+    from uqkit.calibration.distributions import StudentT
+
+    loc = torch.randn(2, 103, generator=generator)
+    dist = StudentT(3 + torch.rand(2, 103, generator=generator), loc, 0.5 + torch.rand(2, 103, generator=generator))
+    return Predictive.from_distribution(dist), loc[1] + torch.randn(103, generator=generator)
+
+
+def _lognormal_case(generator) -> tuple[Predictive, torch.Tensor]:
+    """LogNormal keeps its parameters in its base distribution: not rebuilt, scored in one chunk. (One draw:
+    `Predictive`'s mixture-quantile bisection brackets with mean +- 10 sd, outside a positive support.)"""
+    dist = torch.distributions.LogNormal(torch.randn(1, 103, generator=generator), torch.full((1, 103), 0.5))
+    return Predictive.from_distribution(dist), torch.rand(103, generator=generator) * 3 + 0.05
+
+
+@pytest.mark.parametrize("case", ["gaussian", "mixture", "mixture_2d", "student_t", "lognormal"])
+def test_chunked_regression_scores_equal_one_pass_functions(generator, case: str) -> None:
+    """`regression_scores` in chunks of 7 points (103 points: 15 chunks, the last one short) gives the
+    results of the public one-pass functions: counts exactly, sums to summation-order rounding."""
+    pred, y = {
+        "gaussian": lambda: _gaussian_case(generator, 1, None), "mixture": lambda: _gaussian_case(generator, 3, None),
+        "mixture_2d": lambda: _gaussian_case(generator, 3, 2), "student_t": lambda: _student_case(generator),
+        "lognormal": lambda: _lognormal_case(generator),
+    }[case]()
+    levels = (0.1, 0.7, 0.99)
+    scores = R.regression_scores(pred, y, levels=levels, keep_pit=True, chunk_rows=7)
+    expected = {
+        "rmse": R.rmse(pred, y), "nll": R.regression_nll(pred, y), "crps": R.crps(pred, y),
+        "miscalibration_area": R.miscalibration_area(pred, y),
+        "quantile_calibration_error": R.quantile_calibration_error(pred, y), "sharpness": R.sharpness(pred),
+        **{f"coverage_{round(100 * lv)}": R.interval_coverage(pred, y, lv) for lv in (0.5, 0.9, 0.95)},
+        **{f"width_{round(100 * lv)}": R.interval_width(pred, lv) for lv in (0.5, 0.9, 0.95)},
+    }
+    assert scores.metrics.keys() == expected.keys()
+    for name, value in expected.items():
+        assert scores.metrics[name] == pytest.approx(float(value), rel=1e-12, abs=1e-15), name
+    for lv in (*levels, 0.5, 0.9, 0.95):
+        assert scores.coverage[lv] == float(R.interval_coverage(pred, y, lv))  # exact counts
+        assert scores.width[lv] == pytest.approx(float(R.interval_width(pred, lv)), rel=1e-12)
+    for got, want in zip(scores.curve, R.calibration_curve(pred, y)):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    torch.testing.assert_close(scores.pit, R.pit(pred, y), rtol=0, atol=0)
+    assert R.regression_metrics(pred, y) == pytest.approx(scores.metrics, rel=1e-12, abs=1e-15)
+
+
+def test_chunked_regression_matches_scipy(generator) -> None:
+    """A single Gaussian per point, scored in chunks of 10, against scipy.stats.norm."""
+    mean, sd = torch.randn(95, generator=generator), 0.5 + torch.rand(95, generator=generator)
+    y = mean + sd * torch.randn(95, generator=generator)
+    scores = R.regression_scores(Predictive.gaussian(mean, sd**2), y, chunk_rows=10).metrics
+    m, s, t = mean.numpy(), sd.numpy(), y.numpy()
+    z = (t - m) / s
+    lower, upper = stats.norm.interval(0.9, m, s)
+    assert scores["rmse"] == pytest.approx(np.sqrt(((t - m) ** 2).mean()), rel=1e-12)
+    assert scores["nll"] == pytest.approx(-stats.norm.logpdf(t, m, s).mean(), rel=1e-12)
+    crps = s * (z * (2 * stats.norm.cdf(z) - 1) + 2 * stats.norm.pdf(z) - 1 / np.sqrt(np.pi))
+    assert scores["crps"] == pytest.approx(crps.mean(), rel=1e-10)
+    assert scores["coverage_90"] == ((lower <= t) & (t <= upper)).mean()
+    assert scores["width_90"] == pytest.approx((upper - lower).mean(), rel=1e-10)
+    assert scores["sharpness"] == pytest.approx(np.sqrt((s**2).mean()), rel=1e-12)
+
+
+def test_regression_report_uses_the_chunked_scores(generator, monkeypatch) -> None:
+    """`evaluate` on regression: metrics and figures from one chunked pass; default chunking is bounded."""
+    pred, y = _gaussian_case(generator, 3, None)
+    monkeypatch.setattr(R, "_ROW_CHUNK_ELEMENTS", 30)  # 10 points per chunk with S = 3
+    report = uqkit.evaluate(pred, y)
+    assert report.metrics == pytest.approx(R.regression_scores(pred, y, chunk_rows=103).metrics, rel=1e-12, abs=1e-15)
+    assert {"pit", "calibration_curve", "coverage"} <= set(report.figures)
+    assert all(png.startswith(b"\x89PNG") for png in report.figures.values())
+
+
+def test_regression_scores_bad_options_are_named(generator) -> None:
+    pred, y = _gaussian_case(generator, 1, None)
+    with pytest.raises(ValueError, match="^chunk_rows: expected a positive integer"):
+        R.regression_scores(pred, y, chunk_rows=0)
+    with pytest.raises(ValueError, match="^levels: expected a level in"):
+        R.regression_scores(pred, y, levels=(1.5,))
+    with pytest.raises(ValueError, match="^y: expected shape"):
+        R.regression_scores(pred, y[:-1])

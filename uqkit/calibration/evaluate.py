@@ -19,8 +19,8 @@ from uqkit.calibration.report import Report
 
 #: Rows scored at a time: bounds the temporaries of a classification report independently of N.
 CHUNK_SIZE = 1 << 16
-#: Coverage levels reported for regression intervals.
-INTERVAL_LEVELS = (0.5, 0.9, 0.95)
+#: Interval levels drawn in a regression report's coverage figure.
+COVERAGE_PLOT_LEVELS = (0.1, 0.3, 0.5, 0.7, 0.9, 0.95, 0.99)
 
 
 def evaluate(
@@ -169,16 +169,16 @@ def _score_classification(report: Report, pred: Predictive, y: object, *, num_bi
 
 
 def _score_regression(report: Report, pred: Predictive, y: object, *, make_figures: bool) -> None:
-    report.metrics.update(regression.regression_metrics(pred, y))
+    """Regression metrics (and figures) from one validated, chunked pass (`regression.regression_scores`)."""
+    levels = COVERAGE_PLOT_LEVELS if make_figures else ()
+    scores = regression.regression_scores(pred, y, levels=levels, keep_pit=make_figures)
+    report.metrics.update(scores.metrics)
     if make_figures:
-        report.figures["pit"] = figures.pit_histogram(regression.pit(pred, y))
-        expected, observed = regression.calibration_curve(pred, y)
+        report.figures["pit"] = figures.pit_histogram(scores.pit)
         report.figures["calibration_curve"] = figures.calibration_curve_plot(
-            expected, observed, area=report.metrics["miscalibration_area"])
-        levels = (0.1, 0.3, 0.5, 0.7, 0.9, 0.95, 0.99)
-        cover = [float(regression.interval_coverage(pred, y, level)) for level in levels]
-        widths = [float(regression.interval_width(pred, level)) for level in levels]
-        report.figures["coverage"] = figures.coverage_plot(levels, cover, widths)
+            *scores.curve, area=report.metrics["miscalibration_area"])
+        report.figures["coverage"] = figures.coverage_plot(
+            levels, [scores.coverage[lv] for lv in levels], [scores.width[lv] for lv in levels])
 
 
 def _score_ood(report: Report, s_in: Tensor, s_out: Tensor, score_name: str, *, make_figures: bool) -> None:

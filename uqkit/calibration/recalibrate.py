@@ -6,8 +6,7 @@ which temperature and Platt scaling treat exactly like logits (they differ by a 
 With ``S > 1`` draws the logit maps are applied to every draw and fitted on the NLL of the mixture;
 the top-label maps (histogram binning, isotonic) act on the mixture probabilities.
 
-Regression recalibrators take a regression `Predictive` and targets ``[N]`` / ``[N, D]`` and return
-a new `Predictive` from ``transform``.
+Regression recalibrators are in `uqkit.calibration.recalibrate_regression`.
 """
 
 from __future__ import annotations
@@ -20,24 +19,13 @@ import torch
 from sklearn.exceptions import NotFittedError
 from sklearn.isotonic import IsotonicRegression
 from torch import Tensor
-from torch.distributions import Distribution, Normal, constraints
 
 from uqkit._checks import check_labels, check_positive
 from uqkit.calibration.predictive import Predictive
-from uqkit.calibration.regression import (
-    QUADRATURE_NUM_INTERVALS,
-    check_count,
-    check_regression_pred,
-    check_regression_targets,
-    mixture_cdf,
-    simpson,
-)
+from uqkit.calibration.regression import check_count
 
-#: Tail probability cut off on each side when integrating the moments of a `RecalibratedDistribution`;
-#: the second moment loses about ``MOMENT_TAIL_PROB`` times the squared width of the integration range.
-MOMENT_TAIL_PROB = 1e-9
 #: LBFGS iterations for the recalibrators without a ``max_iter`` argument.
-_MAX_ITER = 200
+MAX_ITER = 200
 
 
 # ------------------------------------------------------------------------------ logit maps
@@ -51,15 +39,15 @@ class _LogitMap:
         params = self._initial_params(z)
         z, y = z.detach().double(), y.to(z.device)
         log_w = torch.log_softmax(log_weights.double(), 0) if log_weights is not None else None
-        max_iter = check_count(getattr(self, "max_iter", _MAX_ITER), "max_iter")
-        _lbfgs(lambda: _mixture_nll(self._map(z, *params), log_w, y), params, max_iter)
+        max_iter = check_count(getattr(self, "max_iter", MAX_ITER), "max_iter")
+        lbfgs_minimise(lambda: _mixture_nll(self._map(z, *params), log_w, y), params, max_iter)
         self._store(*(p.detach() for p in params))
         self.num_classes_ = z.shape[-1]
         return self
 
     def transform(self, logits: object) -> Predictive:
         """Recalibrated `Predictive` that keeps per-draw logits (for max-logit and energy OOD scores)."""
-        _check_fitted(self)
+        check_fitted(self)
         z, log_weights = _per_draw_logits(logits)
         expected = getattr(self, "num_classes_", None)  # None when parameters were restored, not fitted
         if expected is not None and z.shape[-1] != expected:
@@ -186,7 +174,7 @@ class _TopLabelMap:
 
     def predict_proba(self, logits: object) -> Tensor:
         """Recalibrated probabilities ``[N, C]``."""
-        _check_fitted(self)
+        check_fitted(self)
         probs = _mixture_probs(logits)
         confidence, predicted = probs.max(-1)
         return _replace_top(probs, predicted, self._apply_map(confidence).clamp(0, 1))
@@ -240,150 +228,14 @@ class IsotonicCalibrator(_TopLabelMap):
     _fitted_attr = "knots_x_"
 
     def _fit_map(self, confidence: Tensor, correct: Tensor) -> None:
-        self.knots_x_, self.knots_y_ = _isotonic_knots(confidence, correct)
+        self.knots_x_, self.knots_y_ = isotonic_knots(confidence, correct)
 
     def _apply_map(self, confidence: Tensor) -> Tensor:
-        return _interp(confidence, self.knots_x_.to(confidence), self.knots_y_.to(confidence))
-
-
-# --------------------------------------------------------------------------------- regression
-class VarianceScaler:
-    """One scale ``s^2`` on the predictive variance of a Gaussian (mixture), fitted by maximum likelihood.
-
-    The recalibrated predictive is ``m + s (Y - m)`` with ``m`` the mixture mean: component means move
-    to ``m + s (mu_i - m)`` and scales to ``s sigma_i``, so the total variance becomes ``s^2 Var``
-    (Levi et al. 2019; Laves et al. 2020). For one Gaussian ``s^2 = mean(r^2 / sigma^2)`` in closed
-    form; for mixtures ``log s`` is fitted by LBFGS from the moment estimate.
-
-    Attributes:
-        scale_: ``s^2`` (float).
-    """
-
-    _fitted_attr = "scale_"
-
-    def fit(self, pred: Predictive, y: object) -> VarianceScaler:
-        """Fit on validation predictions and targets ``[N]`` / ``[N, D]``; returns ``self``."""
-        t = check_regression_targets(_check_gaussian(pred), y)
-        ratio = ((t - pred.mean()) ** 2 / pred.variance()).mean()
-        if pred.num_draws == 1:
-            self.scale_ = float(ratio)
-            return self
-        log_scale = (0.5 * ratio.log()).detach().requires_grad_(True)
-        _lbfgs(lambda: -_scaled(pred, log_scale.exp()).log_prob(t).mean(), [log_scale], _MAX_ITER)
-        self.scale_ = float((2 * log_scale.detach()).exp())
-        return self
-
-    def transform(self, pred: Predictive) -> Predictive:
-        """The rescaled Gaussian (mixture) `Predictive`."""
-        _check_fitted(self)
-        _check_gaussian(pred)
-        return _scaled(pred, torch.tensor(math.sqrt(self.scale_)))
-
-
-class IsotonicRegressionCalibrator:
-    """Quantile recalibration (Kuleshov et al. 2018): ``F'(y) = R(F(y))`` with ``R`` isotonic.
-
-    ``R`` is the isotonic fit (sklearn ``IsotonicRegression``) of the empirical frequency
-    ``#{j : p_j <= p_i} / (n + 1)`` on the validation PITs ``p_i = F(y_i)``, linear between its knots
-    and anchored at ``(0, 0)`` and ``(1, 1)``. The ``n + 1`` (Kuleshov et al. divide by ``n``) keeps
-    ``R`` increasing up to ``(1, 1)``, so the recalibrated density is positive wherever the PITs have
-    no ties. Quantiles use the generalised inverse of ``R``. With ``D`` outputs one ``R`` serves all.
-
-    Attributes:
-        knots_x_, knots_y_: ``[K]`` knots of ``R``.
-    """
-
-    _fitted_attr = "knots_x_"
-
-    def fit(self, pred: Predictive, y: object) -> IsotonicRegressionCalibrator:
-        """Fit on validation predictions and targets ``[N]`` / ``[N, D]``; returns ``self``."""
-        t = check_regression_targets(pred, y)
-        pits = pred.cdf(t).reshape(-1)
-        frequency = torch.searchsorted(pits.sort().values, pits, right=True).to(pits.dtype) / (pits.numel() + 1)
-        x, fx = _isotonic_knots(pits, frequency)
-        inside = (x > 0) & (x < 1)
-        self.knots_x_ = torch.cat([x.new_zeros(1), x[inside], x.new_ones(1)])
-        self.knots_y_ = torch.cat([fx.new_zeros(1), fx[inside], fx.new_ones(1)])
-        return self
-
-    def transform(self, pred: Predictive) -> Predictive:
-        """A single-draw `Predictive` over a `RecalibratedDistribution`."""
-        _check_fitted(self)
-        check_regression_pred(pred)
-        return Predictive.from_distribution(RecalibratedDistribution(pred, self.knots_x_, self.knots_y_))
-
-
-class RecalibratedDistribution(Distribution):
-    """The distribution with CDF ``R(F(y))``: a mixture predictive ``F`` seen through a monotone map ``R``.
-
-    Batch shape ``[1, N]`` / ``[1, N, D]`` (the mixture collapses to one draw). ``R`` is piecewise
-    linear through ``(knots_x, knots_y)`` from ``(0, 0)`` to ``(1, 1)``. ``cdf`` and ``icdf`` are exact
-    (``icdf`` bisects the base mixture once per distinct level); ``log_prob`` is
-    ``log R'(F(y)) + log f(y)``, which is ``-inf`` where ``R`` is flat. ``mean`` and ``variance`` are
-    integrated once from the CDF with Simpson's rule between the ``MOMENT_TAIL_PROB`` quantiles; the
-    kinks of ``R`` limit them to a relative accuracy of about 1e-5.
-    """
-
-    arg_constraints: dict = {}
-    support = constraints.real
-
-    def __init__(self, base: Predictive, knots_x: Tensor, knots_y: Tensor) -> None:
-        dtype = base.dist.mean.dtype
-        self.base, self.knots_x, self.knots_y = base, knots_x.to(dtype), knots_y.to(dtype)
-        super().__init__(batch_shape=torch.Size([1, *base.dist.batch_shape[1:]]), validate_args=False)
-        self._mean, self._variance = self._moments()
-
-    @property
-    def mean(self) -> Tensor:
-        return self._mean
-
-    @property
-    def variance(self) -> Tensor:
-        return self._variance
-
-    def cdf(self, value: Tensor) -> Tensor:
-        return _interp(self._base_cdf(value), self.knots_x, self.knots_y)
-
-    def icdf(self, value: Tensor) -> Tensor:
-        levels = _interp_inverse(torch.broadcast_to(value, self._shape_with(value)), self.knots_x, self.knots_y)
-        eps = torch.finfo(levels.dtype).eps
-        levels = levels.clamp(eps, 1 - eps)  # the base quantile needs a level inside (0, 1)
-        out = torch.empty_like(levels)
-        for level in levels.unique():
-            out = torch.where(levels == level, self.base.quantile(float(level)), out)
-        return out
-
-    def log_prob(self, value: Tensor) -> Tensor:
-        value = torch.broadcast_to(value, self._shape_with(value))
-        index = torch.searchsorted(self.knots_x, self._base_cdf(value)).clamp(1, self.knots_x.numel() - 1)
-        slope = (self.knots_y[index] - self.knots_y[index - 1]) / (self.knots_x[index] - self.knots_x[index - 1])
-        num_point_dims = len(self.batch_shape) - 1
-        per_draw = self.base.dist.log_prob(value.unsqueeze(value.ndim - num_point_dims))  # [..., S, N(, D)]
-        log_w = torch.log(self.base.weights()).view(-1, *([1] * num_point_dims))
-        return slope.log() + torch.logsumexp(per_draw + log_w, dim=-num_point_dims - 1)
-
-    def _shape_with(self, value: Tensor) -> torch.Size:
-        return torch.broadcast_shapes(value.shape, self.batch_shape)
-
-    def _base_cdf(self, value: Tensor) -> Tensor:
-        """Base mixture CDF at ``value`` broadcastable to ``[..., 1, N(, D)]``, in the broadcast shape."""
-        return mixture_cdf(self.base, torch.broadcast_to(value, self._shape_with(value)))
-
-    def _moments(self) -> tuple[Tensor, Tensor]:
-        """Mean and variance from ``E[Y] = a + ∫_a^b (1 - F')`` and ``E[(Y - a)^2] = ∫_a^b 2 (z - a)(1 - F')``."""
-        low = self.icdf(torch.full(self.batch_shape, MOMENT_TAIL_PROB, dtype=self.knots_x.dtype))[0]
-        high = self.icdf(torch.full(self.batch_shape, 1 - MOMENT_TAIL_PROB, dtype=self.knots_x.dtype))[0]
-
-        def integrands(z: Tensor) -> Tensor:
-            survival = 1 - _interp(mixture_cdf(self.base, z), self.knots_x, self.knots_y)
-            return torch.stack([survival, 2 * (z - low) * survival], dim=1)
-
-        shift, second = simpson(integrands, low, high, QUADRATURE_NUM_INTERVALS, cost=self.base.num_draws + 2)
-        return (low + shift).unsqueeze(0), (second - shift**2).clamp_min(0).unsqueeze(0)
+        return interp(confidence, self.knots_x_.to(confidence), self.knots_y_.to(confidence))
 
 
 # ------------------------------------------------------------------------------- helpers
-def _check_fitted(estimator: object) -> None:
+def check_fitted(estimator: object) -> None:
     if not hasattr(estimator, estimator._fitted_attr):
         raise NotFittedError(f"{type(estimator).__name__} is not fitted yet; call fit(...) before using it")
 
@@ -417,7 +269,7 @@ def _mixture_nll(z: Tensor, log_w: Tensor | None, y: Tensor) -> Tensor:
     return -torch.logsumexp(log_p + log_w.view(-1, 1), 0).mean()
 
 
-def _lbfgs(loss_fn: Callable[[], Tensor], params: list[Tensor], max_iter: int) -> None:
+def lbfgs_minimise(loss_fn: Callable[[], Tensor], params: list[Tensor], max_iter: int) -> None:
     """Minimise ``loss_fn`` over ``params`` in place with LBFGS and a strong Wolfe line search."""
     optimizer = torch.optim.LBFGS(
         params, lr=1.0, max_iter=max_iter, tolerance_grad=1e-10, tolerance_change=1e-20, line_search_fn="strong_wolfe"
@@ -443,7 +295,7 @@ def _replace_top(probs: Tensor, predicted: Tensor, new_top: Tensor) -> Tensor:
     return torch.where(is_top, new_top.unsqueeze(-1), share * (1 - new_top.unsqueeze(-1)))
 
 
-def _isotonic_knots(x: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+def isotonic_knots(x: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     """Knots of the non-decreasing least-squares fit of ``target`` on ``x`` (values in [0, 1])."""
     iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
     iso.fit(x.detach().cpu().numpy(), target.detach().cpu().numpy())
@@ -452,7 +304,7 @@ def _isotonic_knots(x: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     return knots_x, knots_y
 
 
-def _interp(x: Tensor, xp: Tensor, fp: Tensor) -> Tensor:
+def interp(x: Tensor, xp: Tensor, fp: Tensor) -> Tensor:
     """Piecewise-linear interpolation through increasing ``xp``, constant outside ``[xp[0], xp[-1]]``."""
     if xp.numel() == 1:
         return fp.expand(x.shape).clone()
@@ -462,23 +314,3 @@ def _interp(x: Tensor, xp: Tensor, fp: Tensor) -> Tensor:
     return f0 + (x - x0) * (f1 - f0) / (x1 - x0)
 
 
-def _interp_inverse(q: Tensor, xp: Tensor, fp: Tensor) -> Tensor:
-    """Generalised inverse ``inf{x : R(x) >= q}`` of the interpolant `_interp` with non-decreasing ``fp``."""
-    index = torch.searchsorted(fp, q.contiguous()).clamp(1, fp.numel() - 1)
-    x0, x1, f0, f1 = xp[index - 1], xp[index], fp[index - 1], fp[index]
-    rise = f1 - f0
-    return torch.where(rise > 0, x0 + (q - f0) * (x1 - x0) / torch.where(rise > 0, rise, torch.ones_like(rise)), x0)
-
-
-def _check_gaussian(pred: Predictive) -> Predictive:
-    check_regression_pred(pred)
-    if not isinstance(pred.dist, Normal):
-        raise ValueError(f"pred: VarianceScaler needs a Gaussian (mixture) predictive, got {type(pred.dist).__name__}")
-    return pred
-
-
-def _scaled(pred: Predictive, scale: Tensor) -> Predictive:
-    """The Gaussian mixture ``m + scale (Y - m)`` around the mixture mean ``m``."""
-    center = pred.mean().unsqueeze(0)
-    loc = center + scale * (pred.dist.loc - center)
-    return Predictive.from_distribution(Normal(loc, scale * pred.dist.scale), log_weights=pred.log_weights)

@@ -11,14 +11,15 @@ Kuleshov, Fenner & Ermon 2018 (quantile calibration); Tran et al. 2020 and uncer
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.distributions import Normal
 
-from uqkit._checks import check_float
+from uqkit._checks import check_float, check_level
 from uqkit.calibration.predictive import Predictive
 
 __all__ = [
@@ -31,6 +32,8 @@ __all__ = [
     "quantile_calibration_error",
     "regression_metrics",
     "regression_nll",
+    "regression_scores",
+    "RegressionScores",
     "rmse",
     "sharpness",
 ]
@@ -43,6 +46,8 @@ QUADRATURE_NUM_INTERVALS = 1024
 _CHUNK_ELEMENTS = 1 << 22
 #: Interval levels reported by `regression_metrics`.
 _REPORT_LEVELS = (0.5, 0.9, 0.95)
+#: Elements (draws x points x outputs) scored at a time by `regression_scores`: bounds its temporaries.
+_ROW_CHUNK_ELEMENTS = 1 << 18
 
 
 def rmse(pred: Predictive, y: object) -> Tensor:
@@ -68,10 +73,7 @@ def crps(pred: Predictive, y: object) -> Tensor:
     ``QUADRATURE_TAIL_PROB * E|X - q|`` (``q`` the cut-off quantile). The tests find a relative error
     below 1e-8 for Gaussian and Gumbel mixtures and below 1e-6 for Laplace (whose density has a kink).
     """
-    t = check_regression_targets(pred, y)
-    if isinstance(pred.dist, Normal):
-        return _crps_gaussian_mixture(pred, t).mean()
-    return _crps_quadrature(pred, t).mean()
+    return _crps_terms(pred, check_regression_targets(pred, y)).mean()
 
 
 def pit(pred: Predictive, y: object) -> Tensor:
@@ -88,16 +90,14 @@ def calibration_curve(pred: Predictive, y: object, *, num_levels: int = 19) -> t
         fraction of targets (over ``N * D``) with ``PIT <= p_j``.
     """
     num_levels = check_count(num_levels, "num_levels")
-    pits = pit(pred, y).reshape(-1).sort().values
-    expected = torch.arange(1, num_levels + 1, dtype=pits.dtype, device=pits.device) / (num_levels + 1)
-    observed = torch.searchsorted(pits, expected, right=True).to(pits.dtype) / pits.numel()
-    return expected, observed
+    pits = pit(pred, y)
+    expected = _levels(num_levels, pits)
+    return expected, _count_below(pits, expected).to(pits.dtype) / pits.numel()
 
 
 def quantile_calibration_error(pred: Predictive, y: object, *, num_levels: int = 19) -> Tensor:
     """Mean ``|observed - expected|`` over the levels of `calibration_curve`."""
-    expected, observed = calibration_curve(pred, y, num_levels=num_levels)
-    return (observed - expected).abs().mean()
+    return _mean_gap(*calibration_curve(pred, y, num_levels=num_levels))
 
 
 def miscalibration_area(pred: Predictive, y: object, *, num_levels: int = 99) -> Tensor:
@@ -109,7 +109,12 @@ def miscalibration_area(pred: Predictive, y: object, *, num_levels: int = 99) ->
     ``miscalibration_area`` (the area of the polygons between the curve and the diagonal) with
     ``prop_type="quantile"`` and ``num_bins = num_levels + 2``.
     """
-    expected, observed = calibration_curve(pred, y, num_levels=num_levels)
+    return _area(*calibration_curve(pred, y, num_levels=num_levels))
+
+
+def _area(expected: Tensor, observed: Tensor) -> Tensor:
+    """`miscalibration_area` of a curve at the levels ``j / (K + 1)``."""
+    num_levels = expected.numel()
     gap = torch.cat([expected.new_zeros(1), observed - expected, expected.new_zeros(1)])
     d0, d1 = gap[:-1], gap[1:]
     width = 1.0 / (num_levels + 1)
@@ -140,23 +145,127 @@ def sharpness(pred: Predictive) -> Tensor:
 
 def regression_metrics(pred: Predictive, y: object) -> dict[str, float]:
     """All regression scores as floats, keyed ``rmse``, ``nll``, ``crps``, ``coverage_{50,90,95}``,
-    ``width_{50,90,95}``, ``miscalibration_area``, ``quantile_calibration_error`` and ``sharpness``."""
+    ``width_{50,90,95}``, ``miscalibration_area``, ``quantile_calibration_error`` and ``sharpness``.
+
+    Computed by `regression_scores` in chunks of points, so memory stays bounded for any ``N``.
+    """
+    return regression_scores(pred, y).metrics
+
+
+@dataclass(frozen=True)
+class RegressionScores:
+    """What a regression report shows, from one chunked pass of `regression_scores`.
+
+    Attributes:
+        metrics: the floats of `regression_metrics`.
+        coverage: ``{level: fraction of targets inside the central interval}``.
+        width: ``{level: mean width of the central interval}``, in target units.
+        curve: ``(expected, observed)``, each ``[19]``: `calibration_curve` at its default levels.
+        pit: ``[N]`` / ``[N, D]`` PIT values when asked for (``keep_pit=True``), else None.
+    """
+
+    metrics: dict[str, float]
+    coverage: dict[float, float]
+    width: dict[float, float]
+    curve: tuple[Tensor, Tensor]
+    pit: Tensor | None
+
+
+def regression_scores(
+    pred: Predictive, y: object, *, levels: Sequence[float] = (), keep_pit: bool = False, chunk_rows: int | None = None
+) -> RegressionScores:
+    """Every regression score in one validated pass over chunks of points (memory: O(chunk) temporaries).
+
+    Each chunk's sums (squared errors, log densities, CRPS, variances, interval widths) are added in
+    float64 and its counts (targets inside intervals, PIT values below each calibration level) exactly,
+    so the results equal those of the one-pass functions (`rmse`, `crps`, `calibration_curve`, ...) up
+    to summation order. Distributions are sliced along the point dimension by rebuilding their family
+    from its parameters (``arg_constraints``); a family that cannot be rebuilt is scored in one chunk.
+
+    Args:
+        pred: a regression `Predictive`.
+        y: targets ``[N]`` / ``[N, D]``.
+        levels: interval levels whose coverage and width to return, beside ``0.5, 0.9, 0.95``.
+        keep_pit: also return the PIT values (``N * D`` floats; for a PIT histogram).
+        chunk_rows: points per chunk; default ``max(1, 2**18 // (S * D))``.
+    """
     t = check_regression_targets(pred, y)
-    out = {"rmse": rmse(pred, t), "nll": regression_nll(pred, t), "crps": crps(pred, t)}
-    intervals = {round(100 * level): pred.interval(level) for level in _REPORT_LEVELS}
-    for percent, (lower, upper) in intervals.items():
-        out[f"coverage_{percent}"] = _coverage((lower, upper), t)
-    for percent, (lower, upper) in intervals.items():
-        out[f"width_{percent}"] = (upper - lower).mean()
-    out["miscalibration_area"] = miscalibration_area(pred, t)
-    out["quantile_calibration_error"] = quantile_calibration_error(pred, t)
-    out["sharpness"] = sharpness(pred)
-    return {key: float(value) for key, value in out.items()}
+    all_levels = sorted({*_REPORT_LEVELS, *(check_level(level, "levels") for level in levels)})
+    per_point = max(1, t[0].numel()) if t.numel() else 1
+    if chunk_rows is None:
+        chunk_rows = max(1, _ROW_CHUNK_ELEMENTS // (pred.num_draws * per_point))
+    chunk_rows = check_count(chunk_rows, "chunk_rows")
+    grids = {num: _levels(num, t) for num in (19, 99)}  # the report's curve; miscalibration_area's default
+    below = {num: torch.zeros(num, dtype=torch.int64, device=t.device) for num in grids}
+    sums = dict.fromkeys(("squared_error", "nll", "crps", "variance"), 0.0)
+    inside, width = dict.fromkeys(all_levels, 0), dict.fromkeys(all_levels, 0.0)
+    pits = torch.empty_like(t) if keep_pit else None
+    for rows, part in _row_chunks(pred, chunk_rows):
+        tp = t[rows]
+        sums["squared_error"] += float(((part.mean() - tp) ** 2).sum(dtype=torch.float64))
+        sums["nll"] -= float(part.log_prob(tp).sum(dtype=torch.float64))
+        sums["crps"] += float(_crps_terms(part, tp).sum(dtype=torch.float64))
+        sums["variance"] += float(part.variance().sum(dtype=torch.float64))
+        for level in all_levels:
+            lower, upper = part.interval(level)
+            inside[level] += int(((lower <= tp) & (tp <= upper)).count_nonzero())
+            width[level] += float((upper - lower).sum(dtype=torch.float64))
+        u = part.cdf(tp)
+        for num, grid in grids.items():
+            below[num] += _count_below(u, grid)
+        if pits is not None:
+            pits[rows] = u
+    count = t.numel()
+    curves = {num: (grid, below[num].to(t.dtype) / count) for num, grid in grids.items()}
+    metrics = {"rmse": (sums["squared_error"] / count) ** 0.5, "nll": sums["nll"] / pred.num_points,
+               "crps": sums["crps"] / count}
+    metrics.update({f"coverage_{round(100 * level)}": inside[level] / count for level in _REPORT_LEVELS})
+    metrics.update({f"width_{round(100 * level)}": width[level] / count for level in _REPORT_LEVELS})
+    metrics["miscalibration_area"] = float(_area(*curves[99]))
+    metrics["quantile_calibration_error"] = float(_mean_gap(*curves[19]))
+    metrics["sharpness"] = (sums["variance"] / count) ** 0.5
+    return RegressionScores(metrics, {lv: inside[lv] / count for lv in all_levels},
+                            {lv: width[lv] / count for lv in all_levels}, curves[19], pits)
 
 
 def _coverage(interval: tuple[Tensor, Tensor], t: Tensor) -> Tensor:
     lower, upper = interval
     return ((lower <= t) & (t <= upper)).to(t.dtype).mean()
+
+
+def _levels(num_levels: int, like: Tensor) -> Tensor:
+    """Calibration levels ``j / (num_levels + 1)``, ``j = 1..num_levels``, in ``like``'s dtype."""
+    return torch.arange(1, num_levels + 1, dtype=like.dtype, device=like.device) / (num_levels + 1)
+
+
+def _count_below(pits: Tensor, levels: Tensor) -> Tensor:
+    """``[K]`` int64: how many PIT values are ``<= levels[k]``."""
+    return torch.searchsorted(pits.reshape(-1).sort().values, levels, right=True)
+
+
+def _mean_gap(expected: Tensor, observed: Tensor) -> Tensor:
+    return (observed - expected).abs().mean()
+
+
+def _row_chunks(pred: Predictive, chunk_rows: int) -> Iterator[tuple[slice, Predictive]]:
+    """``(rows, predictive of those points)`` for consecutive chunks of ``chunk_rows`` points (views, no copies)."""
+    dist, n = pred.dist, pred.num_points
+    names = [k for k in dist.arg_constraints if isinstance(vars(dist).get(k), Tensor)]
+
+    def rebuild(rows: slice) -> Predictive:
+        params = {k: torch.broadcast_to(vars(dist)[k], dist.batch_shape)[:, rows] for k in names}
+        return Predictive("regression", dist=type(dist)(**params, validate_args=False), log_weights=pred.log_weights)
+
+    try:
+        probe = rebuild(slice(0, 1)).dist.batch_shape
+    except (TypeError, ValueError, RuntimeError):
+        probe = None
+    if chunk_rows >= n or not names or probe != (dist.batch_shape[0], 1, *dist.batch_shape[2:]):
+        yield slice(0, n), pred
+        return
+    for start in range(0, n, chunk_rows):
+        rows = slice(start, min(start + chunk_rows, n))
+        yield rows, rebuild(rows)
 
 
 # ------------------------------------------- helpers shared with recalibrate.py and conformal.py
@@ -222,6 +331,13 @@ def simpson(
 
 
 # ----------------------------------------------------------------------------------- CRPS
+def _crps_terms(pred: Predictive, t: Tensor) -> Tensor:
+    """Per-target CRPS ``[N]`` / ``[N, D]``: closed form for Gaussian mixtures, quadrature otherwise."""
+    if isinstance(pred.dist, Normal):
+        return _crps_gaussian_mixture(pred, t)
+    return _crps_quadrature(pred, t)
+
+
 def _crps_gaussian_mixture(pred: Predictive, t: Tensor) -> Tensor:
     """Closed-form CRPS of a Gaussian mixture, ``[N]`` / ``[N, D]``."""
     mean, sd = pred.dist.loc, pred.dist.scale

@@ -9,12 +9,17 @@ members only on samples whose member-1 score lies in a *window* around ``tau``:
 1. ``tau`` is fixed on in-distribution validation data from member 1's scores (``"cov@5"``: the
    threshold of the largest coverage with selective risk <= 5%; ``"risk@80"``: accept 80%;
    ``"tpr@95"``: 95% of ID points above ``tau``, the FPR@95 operating point).
-2. ``q`` = ``tau``'s percentile among the validation scores (the percentage strictly below it).
+2. ``q`` = ``tau``'s percentile rank among the validation scores (``scipy.stats.percentileofscore``
+   with its default ``kind="rank"``, as the reference code: tied scores share their average rank).
 3. The window is ``[Q(q - width), Q(q + width)]``, ``Q`` the validation-score quantile function and
    percentiles clamped to [0, 100] (``width = 10``: about 20% of samples are passed on).
-4. A sample whose member-1 score is inside the window gets the ensemble's output (probabilities
-   averaged over all members; energy and max-logit from averaged logits) and its score recomputed
-   from it; every other sample exits after member 1.
+4. A sample whose member-1 score is inside the window gets the ensemble's output and score; every
+   other sample exits after member 1 with member 1's. The ensemble's probabilities are the members'
+   average; its MSP and entropy are recomputed from them, its energy and max-logit are the members'
+   average scores (as in the reference code, Guoxoug/window-early-exit, ``cascade_results.py``).
+
+All samples are then ranked by this one mixed score for selective classification or OOD detection,
+as the reference code does: it neither recalibrates scores across exits nor thresholds each exit.
 
 The adjusted window recomputes ``q`` and ``Q`` on the test batch's member-1 scores (robust to a
 shifted test mixture); ``rule="single"`` is the usual early exit, passing on the ``width`` percent
@@ -43,9 +48,9 @@ _OPERATING_POINT = re.compile(r"^(cov|risk|tpr)@(\d+(?:\.\d+)?)$")
 def confidence(logits: Tensor, score: str = "msp") -> Tensor:
     """``[N]`` confidence (higher = more confident) of the ensemble of ``K`` members' logits ``[K, N, C]``.
 
-    "msp" is the max of the averaged softmax, "entropy" minus the entropy of the averaged softmax,
-    "energy" the negative energy ``logsumexp`` and "max_logit" the max, both of the averaged logits.
-    ``K = 1`` scores a single model.
+    "msp" is the max of the averaged softmax and "entropy" minus the entropy of the averaged softmax;
+    "energy" (negative energy, ``logsumexp`` of the logits) and "max_logit" are averaged over the
+    members' own scores. ``K = 1`` scores a single model.
     """
     if score in ("msp", "entropy"):
         probs = torch.softmax(logits, dim=-1).mean(0)
@@ -53,8 +58,8 @@ def confidence(logits: Tensor, score: str = "msp") -> Tensor:
             return probs.amax(-1)
         return (probs * torch.log(probs.clamp_min(torch.finfo(probs.dtype).tiny))).sum(-1)
     if score in ("energy", "max_logit"):
-        mean_logits = logits.mean(0)
-        return torch.logsumexp(mean_logits, dim=-1) if score == "energy" else mean_logits.amax(-1)
+        per_member = torch.logsumexp(logits, dim=-1) if score == "energy" else logits.amax(-1)
+        return per_member.mean(0)
     raise ValueError(f"score: expected one of {', '.join(SCORES)}, got {score!r}")
 
 
@@ -81,8 +86,9 @@ def operating_threshold(scores: Tensor, operating_point: str, correct: Tensor | 
 
 
 def window(reference: Tensor, threshold: float, width: float) -> tuple[float, float]:
-    """``(low, high)`` score bounds: the ``reference`` quantiles at ``tau``'s percentile -/+ ``width`` percentiles."""
-    centre = 100 * float((reference < threshold).to(torch.float64).mean())
+    """``(low, high)`` score bounds: the ``reference`` quantiles at ``tau``'s percentile rank -/+ ``width`` percentiles."""
+    below, at_most = int((reference < threshold).sum()), int((reference <= threshold).sum())
+    centre = 50 * (below + at_most + (at_most > below)) / reference.numel()  # percentileofscore's "rank" kind
     levels = torch.tensor([max(centre - width, 0.0), min(centre + width, 100.0)], dtype=reference.dtype) / 100
     low, high = torch.quantile(reference, levels.to(reference.device))
     return float(low), float(high)
@@ -166,7 +172,7 @@ class WindowCascade:
         first = self._logits(self.members[:1], x)
         scores = confidence(first, self.score)
         low, high = self._bounds(scores) if self.adjusted else self.window_
-        deferred = scores < low if self.rule == "single" else (scores >= low) & (scores <= high)
+        deferred = scores <= low if self.rule == "single" else (scores >= low) & (scores <= high)
         probs, scores = torch.softmax(first[0], -1), scores.clone()
         if bool(deferred.any()):
             rest = self._logits(self.members[1:], x[deferred])

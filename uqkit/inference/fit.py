@@ -102,7 +102,7 @@ def fit(spec: ModelSpec, data: tuple[Tensor, Tensor] | DataLoader, *, engine: An
     if isinstance(engine, str) and engine in TRAINERS:
         if checkpoint is not None or num_chains != 1:
             raise ValueError(f"engine: {engine!r} trains members, not chains; it takes no checkpoint and num_chains=1")
-        if batch_size is not None:
+        if batch_size is not None or engine in ("mfvi", "ssvi"):  # these take None: the full data set
             engine_options["batch_size"] = batch_size
         return TRAINERS[engine](spec, data, seed=seed, progress=progress, **engine_options)
     if isinstance(engine, str) and (

@@ -5,12 +5,12 @@ initialisation on: ``q(theta) = prod_{j in S} N(mu_j, sigma_j^2) prod_{j not in 
 the KL over S only. The loop is `uqkit.inference.mfvi.fit_variational`; this module supplies the
 masks and their updates (`SparseSubspace`):
 
-* **Budgets.** The first Linear/Conv layer the forward pass meets, biases and any parameter outside
-  a Linear/Conv weight stay dense (the paper keeps the first layer dense). The other weights share
-  what is left of the budget ``round(density * d)`` in proportion to their sizes (uniform layer
-  density; largest remainders make the total exact), so ``density`` is the fraction of the whole
-  model that is active. The paper instead sets every sparse layer to ``density``, which leaves the
-  model slightly denser than ``density``.
+* **Budgets** (`layer_budgets`). The first Linear/Conv layer the forward pass meets, biases and any
+  parameter outside a Linear/Conv weight stay dense (the paper keeps the first layer dense). With
+  ``allocation="model"`` (default) ``density`` is the active fraction of the whole model: the other
+  weights share what is left of ``round(density * d)`` at one density. ``"layer"`` is the paper's
+  convention (every masked weight at ``density``; the model ends up denser), ``"erk"`` spreads the
+  ``"model"`` budget by RigL's Erdos-Renyi-Kernel rule (small layers denser).
 * **Schedule.** Every ``swap_every`` steps while ``t < T_end = swap_until * num_steps``, each masked
   layer swaps ``floor(zeta(t) * n_active)`` coordinates, ``zeta(t) = alpha/2 (1 + cos(pi t / T_end))``;
   on those steps the parameters are not updated and Adam's moments are reset afterwards.
@@ -80,25 +80,46 @@ def swap_fraction(step: int, *, alpha: float, end_step: int) -> float:
     return alpha / 2 * (1 + math.cos(math.pi * step / end_step))
 
 
-def layer_budgets(layers: list[Layer], sizes: dict[str, int], density: float, *,
-                  dense_first_layer: bool = True) -> dict[str, int]:
-    """Active entries per masked weight so that the whole model keeps ``round(density * d)`` coordinates.
+#: How the active budget is spread over the masked weights (see `layer_budgets`).
+ALLOCATIONS = ("model", "layer", "erk")
+
+
+def layer_budgets(layers: list[Layer], shapes: dict[str, tuple[int, ...]], density: float, *,
+                  dense_first_layer: bool = True, allocation: str = "model") -> dict[str, int]:
+    """Active entries per masked weight.
+
+    ``allocation`` says what ``density`` is the fraction of:
+
+    * ``"model"``: the whole model keeps ``round(density * d)`` coordinates; the dense part (first
+      layer, biases, other parameters) comes out of that budget and the masked weights share the
+      rest at one common density (so they end up sparser than ``density``).
+    * ``"layer"``: the paper's convention: every masked weight keeps ``round(density * numel)``
+      entries; with the dense part the model keeps more than ``density * d``.
+    * ``"erk"``: the ``"model"`` budget spread by the Erdos-Renyi-Kernel rule of RigL (Evci et al.,
+      ICML 2020): layer density proportional to ``sum(shape) / prod(shape)``, capped at 1, so small
+      layers (convolutions, the output layer) stay denser than wide ones.
 
     Args:
         layers: Linear/Conv layers in call order (`uqkit.inference.flops.linear_layers`).
-        sizes: ``{name: numel}`` of every net parameter (d = their sum).
+        shapes: ``{name: shape}`` of every net parameter (d = the sum of their sizes).
         density: fraction of active coordinates, in (0, 1].
         dense_first_layer: keep the first layer dense (the paper's choice).
+        allocation: one of `ALLOCATIONS`.
 
     Raises:
-        ValueError: no weight can be masked, or the dense part alone exceeds the budget.
+        ValueError: unknown allocation, no weight can be masked, or the dense part alone exceeds the budget.
     """
+    if allocation not in ALLOCATIONS:
+        raise ValueError(f"allocation: expected one of {ALLOCATIONS}, got {allocation!r}")
     if density == 1:
         return {}
     masked = [layer.weight for layer in (layers[1:] if dense_first_layer else layers)]
     if not masked:
         raise ValueError(f"net: SSVI masks the weights of Linear/Conv layers{' after the first' * dense_first_layer}; "
                          f"this net has none (layers: {[layer.module for layer in layers]})")
+    sizes = {k: math.prod(shape) for k, shape in shapes.items()}
+    if allocation == "layer":
+        return {k: max(1, round(density * sizes[k])) for k in masked}
     total = sum(sizes.values())
     budget = round(density * total)
     maskable = sum(sizes[k] for k in masked)
@@ -108,12 +129,30 @@ def layer_budgets(layers: list[Layer], sizes: dict[str, int], density: float, *,
         raise ValueError(f"density: {density} keeps {budget} of {total} coordinates, but {total - maskable} stay dense "
                          f"(first layer, biases, other parameters); the masks cannot cover the remaining layers. "
                          f"Use density >= {need:.4g}")
-    shares = {k: left * sizes[k] / maskable for k in masked}
+    weight = {k: sum(shapes[k]) / sizes[k] if allocation == "erk" else 1.0 for k in masked}
+    shares = _water_fill(left, {k: sizes[k] for k in masked}, weight)
     counts = {k: max(1, math.floor(v)) for k, v in shares.items()}
-    by_remainder = sorted(masked, key=lambda k: shares[k] - math.floor(shares[k]), reverse=True)
+    by_remainder = sorted((k for k in masked if counts[k] < sizes[k]),
+                          key=lambda k: shares[k] - math.floor(shares[k]), reverse=True)
     for k in by_remainder[:max(0, left - sum(counts.values()))]:
         counts[k] += 1
     return {k: min(n, sizes[k]) for k, n in counts.items()}
+
+
+def _water_fill(total: int, sizes: dict[str, int], weight: dict[str, float]) -> dict[str, float]:
+    """Real shares ``min(size_k, c * weight_k * size_k)`` summing to ``total``: layers that would pass
+    density 1 are made dense and the rest re-spread, until none does."""
+    if total >= sum(sizes.values()):
+        return {k: float(v) for k, v in sizes.items()}
+    dense: set[str] = set()
+    while True:
+        left = total - sum(sizes[k] for k in dense)
+        free = [k for k in sizes if k not in dense]
+        scale = left / sum(weight[k] * sizes[k] for k in free)
+        over = {k for k in free if scale * weight[k] >= 1}
+        if not over:
+            return {**{k: float(sizes[k]) for k in dense}, **{k: scale * weight[k] * sizes[k] for k in free}}
+        dense |= over
 
 
 @dataclass
@@ -128,6 +167,7 @@ class SparseSubspace:
         swap_alpha: alpha, the initial swap fraction, in (0, 1].
         removal: one of `REMOVAL_SCORES`.
         dense_first_layer: keep the first Linear/Conv layer dense.
+        allocation: what ``density`` is a fraction of, one of `ALLOCATIONS` (see `layer_budgets`).
     """
 
     density: float
@@ -137,6 +177,7 @@ class SparseSubspace:
     swap_alpha: float = 0.3
     removal: str = "SNR_mean_abs"
     dense_first_layer: bool = True
+    allocation: str = "model"
     budgets: dict[str, int] = field(default_factory=dict, init=False)
     swaps: list[dict[str, Any]] = field(default_factory=list, init=False)
 
@@ -151,6 +192,8 @@ class SparseSubspace:
             raise ValueError(f"swap_alpha: expected a fraction in (0, 1], got {self.swap_alpha!r}")
         if self.removal not in REMOVAL_SCORES:
             raise ValueError(f"removal: expected one of {REMOVAL_SCORES}, got {self.removal!r}")
+        if self.allocation not in ALLOCATIONS:
+            raise ValueError(f"allocation: expected one of {ALLOCATIONS}, got {self.allocation!r}")
         if self.density < 1 and self.swap_every >= self.end_step:
             raise ValueError(f"swap_every, swap_until: the schedule ends at step {self.end_step} (swap_until "
                              f"{self.swap_until} x {self.num_steps} steps) before its first swap at step "
@@ -164,8 +207,8 @@ class SparseSubspace:
     def initial_masks(self, spec: ModelSpec, layers: list[Layer], *, generator: torch.Generator) -> dict[str, Tensor]:
         """Uniformly random masks with exactly each layer's budget of active entries."""
         template = spec.split(spec.param_template())[0]
-        self.budgets = layer_budgets(layers, {k: v.numel() for k, v in template.items()}, self.density,
-                                     dense_first_layer=self.dense_first_layer)
+        self.budgets = layer_budgets(layers, {k: tuple(v.shape) for k, v in template.items()}, self.density,
+                                     dense_first_layer=self.dense_first_layer, allocation=self.allocation)
         masks = {}
         for k, n in self.budgets.items():
             flat = torch.zeros(template[k].numel(), dtype=torch.bool)
@@ -207,12 +250,12 @@ class SparseSubspace:
     def report(self) -> dict[str, Any]:
         return {"density": self.density, "swap_every": self.swap_every, "swap_until": self.swap_until,
                 "swap_alpha": self.swap_alpha, "removal": self.removal, "dense_first_layer": self.dense_first_layer,
-                "layer_budgets": self.budgets, "swaps": self.swaps}
+                "allocation": self.allocation, "layer_budgets": self.budgets, "swaps": self.swaps}
 
 
 def fit_ssvi(spec: ModelSpec, data: tuple[Tensor, Tensor], *, density: float = 0.1, swap_every: int = 100,
              swap_until: float = 0.75, swap_alpha: float = 0.3, removal: str = "SNR_mean_abs",
-             dense_first_layer: bool = True, num_steps: int = VIConfig.num_steps,
+             dense_first_layer: bool = True, allocation: str = "model", num_steps: int = VIConfig.num_steps,
              batch_size: int | None = VIConfig.batch_size, lr: float = VIConfig.lr,
              kl_scale: float = VIConfig.kl_scale, kl_warmup: float = VIConfig.kl_warmup,
              init_std: float = VIConfig.init_std, local_reparam: bool = VIConfig.local_reparam,
@@ -223,7 +266,8 @@ def fit_ssvi(spec: ModelSpec, data: tuple[Tensor, Tensor], *, density: float = 0
     Args:
         spec: the model; its prior must be Gaussian per coordinate (closed-form KL over active ones).
         data: training data, ``N == spec.num_data``.
-        density, swap_every, swap_until, swap_alpha, removal, dense_first_layer: see `SparseSubspace`.
+        density, swap_every, swap_until, swap_alpha, removal, dense_first_layer, allocation: see
+            `SparseSubspace`.
         num_steps, batch_size, lr, kl_scale, kl_warmup, init_std, local_reparam, num_draws, lr_schedule:
             see `uqkit.inference.mfvi.VIConfig`.
         seed: seeds the initial masks and means, noise, minibatch order and prediction draws (>= 0).
@@ -235,5 +279,6 @@ def fit_ssvi(spec: ModelSpec, data: tuple[Tensor, Tensor], *, density: float = 0
         ``inference_flops`` (per example and draw), ``layer_budgets`` and the swap log ``swaps``.
     """
     config = VIConfig(num_steps, batch_size, lr, kl_scale, kl_warmup, init_std, local_reparam, num_draws, lr_schedule)
-    subspace = SparseSubspace(density, config.num_steps, swap_every, swap_until, swap_alpha, removal, dense_first_layer)
+    subspace = SparseSubspace(density, config.num_steps, swap_every, swap_until, swap_alpha, removal, dense_first_layer,
+                              allocation)
     return fit_variational(spec, data, config, seed=seed, progress=progress, engine="ssvi", subspace=subspace)

@@ -282,7 +282,10 @@ class NormalInverseWishart:
         prec = self.expected_precision()
         scaled = factor / prec  # F D^{-1}
         eye = torch.eye(factor.shape[-2], dtype=factor.dtype)
-        chol = torch.linalg.cholesky(eye + scaled @ factor.mT)
+        chol, info = torch.linalg.cholesky_ex(eye + scaled @ factor.mT)
+        if bool((info != 0).any()):
+            raise ValueError("factor: I + F D^{-1} F^T is not numerically positive definite (non-finite or huge "
+                             "curvature; if the inner steps diverged, lower inner_lr)")
         post = FactoredGaussian(center, prec, factor, chol)
         linear = (factor.mT @ (factor @ center.unsqueeze(-1))).squeeze(-1) - (0 if gradient is None else gradient)
         return FactoredGaussian(post.apply_cov(linear + prec * self.loc), prec, factor, chol)
