@@ -9,7 +9,12 @@ Methods (same net, steps, batch, Adam with cosine learning rate): ``deterministi
 likelihood), ``dense-vi`` (`uqkit.fit(engine="mfvi")`) and ``ssvi-0.2``, ``ssvi-0.1``, ``ssvi-0.05``
 (`uqkit.fit(engine="ssvi", density=...)`, the paper's defaults: SNR(|theta|) removal, swaps every
 100 steps until 75% of training, alpha 0.3, first layer dense, KL scale 0.01 with warm-up over the
-first half). VI predictions average ``--draws`` weight draws. ``train_flops`` counts matrix-product
+first half). ``--allocation`` (default ``erk``) says how SSVI's budget is spread: ``density`` is the
+active fraction of the *whole* model (dense first layer and biases included) for ``model`` and ``erk``
+(RigL's Erdos-Renyi-Kernel spread, small layers denser), of each masked layer for ``layer`` (the
+paper's convention; the model is then denser than ``density``). ``active_parameters`` is always the
+whole model's count. ``--growth-steps`` (default 10) gradients are summed to rank the coordinates
+to grow (the SSVI code's ``grad_accumulation_n``). VI predictions average ``--draws`` weight draws. ``train_flops`` counts matrix-product
 and convolution FLOPs of the whole run, derived from the active counts (`uqkit.inference.flops`);
 ``active_parameters`` counts weight coordinates (each VI coordinate has a mean and a scale).
 
@@ -41,6 +46,7 @@ import uqkit  # noqa: E402
 from uqkit.calibration.classification import accuracy, ece, nll  # noqa: E402
 from uqkit.data import load_sklearn  # noqa: E402
 from uqkit.inference.flops import linear_layers, train_step_flops  # noqa: E402
+from uqkit.inference.ssvi import ALLOCATIONS  # noqa: E402
 from uqkit.models.likelihoods import Categorical  # noqa: E402
 from uqkit.models.nets import MLP  # noqa: E402
 from uqkit.models.priors import LayerwiseGaussian  # noqa: E402
@@ -130,13 +136,16 @@ def run_methods(args: argparse.Namespace) -> list[dict]:
     rows.append({"method": "deterministic", **scores(probs, y_test), "active_parameters": count,
                  "dense_parameters": count, "train_flops": flops, "seconds": time.perf_counter() - start, **context()})
     for name, options in [("dense-vi", {"engine": "mfvi"}),
-                          *((f"ssvi-{d}", {"engine": "ssvi", "density": d}) for d in DENSITIES)]:
+                          *((f"ssvi-{d}", {"engine": "ssvi", "density": d, "allocation": args.allocation,
+                                         "growth_steps": args.growth_steps})
+                            for d in DENSITIES)]:
         start = time.perf_counter()
         post = uqkit.fit(spec(), (x, y), **options, **common)
         seconds = time.perf_counter() - start
         probs = post.predict(x_test).mixture_probs()
         rows.append({"method": name, **scores(probs, y_test),
                      **{k: post.meta[k] for k in ("active_parameters", "dense_parameters", "train_flops")},
+                     "allocation": post.meta.get("allocation"), "layer_budgets": post.meta.get("layer_budgets"),
                      "seconds": seconds, **context()})
     for row in rows:
         row.update({"dataset": args.dataset, "model": args.model, "steps": args.steps})
@@ -227,6 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--kl-scale", type=float, default=0.01, help="KL multiplier (the SSVI code's kl_scale)")
+    parser.add_argument("--allocation", choices=ALLOCATIONS, default="erk",
+                        help="what SSVI's density is a fraction of (uqkit.inference.ssvi.layer_budgets)")
+    parser.add_argument("--growth-steps", type=int, default=10,
+                        help="steps whose gradients SSVI sums to choose the coordinates it grows")
     parser.add_argument("--draws", type=int, default=32, help="weight draws averaged at prediction")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)

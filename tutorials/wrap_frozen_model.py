@@ -131,8 +131,9 @@ def denoiser_part(out_dir: Path, generator: torch.Generator) -> dict[str, dict[s
     x_fit = train + noise_sd * torch.randn(train.shape, generator=generator)
     x_test = test + noise_sd * torch.randn(test.shape, generator=generator)
     # Shifted inputs: inverted intensities. BayesCap sees only the model's output, so it flags inputs whose
-    # outputs look unusual; corruptions the denoiser maps to ordinary-looking digits (heavier noise, blur)
-    # it flags far less well (see benchmarks/bench_wrap.py).
+    # outputs look unusual; corruptions the denoiser maps to ordinary-looking digits (heavier noise, rotation,
+    # blur) it flags far less well, as the cap's variance on such outputs is no higher than on clean ones
+    # (see benchmarks/bench_wrap.py).
     x_ood = 1 - test + noise_sd * torch.randn(test.shape, generator=generator)
 
     # BayesCap trains a cap on the model's outputs, here a small one (smaller than the model) on a quarter of

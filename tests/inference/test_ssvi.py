@@ -14,7 +14,7 @@ from torch import nn
 
 import uqkit
 from uqkit._io import load_tensors
-from uqkit.inference.flops import Layer, linear_layers
+from uqkit.inference.flops import Layer, linear_layers, train_step_flops
 from uqkit.inference.mfvi import load_variational
 from uqkit.inference.ssvi import (SparseSubspace, fit_ssvi, folded_normal_moments, layer_budgets, removal_score,
                                   swap_fraction)
@@ -131,10 +131,33 @@ def test_swap_drops_lowest_scores_and_grows_largest_gradients(generator):
     torch.testing.assert_close(q.rho[name][grown], torch.full((n_swap,), float(q.rho[name][kept].mean())))
 
 
-def test_budgets_hold_after_every_swap_and_inactive_draws_are_exactly_zero(tmp_path, generator):
+def test_growth_sums_the_gradients_of_the_last_growth_steps(generator):
+    """With growth_steps=3, the grown coordinates are those with the largest |g_8 + g_9 + g_10|; g_7 is ignored."""
+    spec, _, q = _subspace_and_q(generator)
+    subspace = SparseSubspace(0.3, num_steps=400, swap_every=10, growth_steps=3)
+    subspace.initial_masks(spec, linear_layers(spec, spec.param_template(), _data(generator)[0][:1]),
+                           generator=generator)
+    name = "layers.2.weight"
+    before, total = q.masks[name].clone(), torch.zeros_like(q.mu[name])
+    for step in range(7, 11):
+        for k in q.mu:
+            q.mu[k].grad = torch.randn(q.mu[k].shape, generator=generator)
+        if step >= 8:
+            total += q.mu[name].grad
+        assert subspace.update(step, q) == (step == 10)
+    grown, idle = ~before & q.masks[name], ~before & ~q.masks[name]
+    assert int(grown.sum()) > 0
+    assert total.abs()[grown].min() >= total.abs()[idle].max()
+    with pytest.raises(ValueError, match="^growth_steps: expected at most swap_every"):
+        SparseSubspace(0.3, num_steps=400, swap_every=10, growth_steps=11)
+
+
+@pytest.mark.parametrize("allocation", ["model", "erk"])
+def test_budgets_hold_after_every_swap_and_inactive_draws_are_exactly_zero(allocation, generator):
     spec = _spec()
     post = uqkit.fit(spec, _data(generator), engine="ssvi", density=0.3, num_steps=200, batch_size=20,
-                     swap_every=10, num_draws=5, seed=1, progress=False)
+                     swap_every=10, num_draws=5, seed=1, allocation=allocation, growth_steps=3, progress=False)
+    assert post.meta["allocation"] == allocation and post.meta["growth_steps"] == 3
     budgets = post.meta["layer_budgets"]
     assert len(post.meta["swaps"]) == 14  # steps 10, 20, ..., 140 < T_end = 150
     assert post.meta["swaps"][0]["moved"] > 0
@@ -187,6 +210,15 @@ def test_sparse_training_counts_fewer_flops(generator):
                        progress=False)
     assert sparse.meta["train_flops"] < 0.5 * dense.meta["train_flops"]
     assert sparse.meta["inference_flops"] < dense.meta["inference_flops"]
+    # update steps and the growth_steps - 1 steps before each take the weight gradient densely
+    accumulated = uqkit.fit(spec, data, engine="ssvi", density=0.25, num_steps=40, batch_size=20, swap_every=10,
+                            growth_steps=4, progress=False)
+    layers = linear_layers(spec, spec.param_template(), data[0][:1])
+    active, full = accumulated.family.num_active(), {k: v.numel() for k, v in accumulated.family.mu.items()}
+    regular = train_step_flops(layers, active, batch_size=20, local=True)
+    dense_grad = train_step_flops(layers, active, batch_size=20, local=True, dense=full)
+    assert len(accumulated.meta["swaps"]) == 2  # steps 10 and 20 < T_end = 30
+    assert accumulated.meta["train_flops"] == (40 - 2 * 4) * regular + 2 * 4 * dense_grad > sparse.meta["train_flops"]
 
 
 @pytest.mark.parametrize(("options", "match"), [
@@ -196,6 +228,9 @@ def test_sparse_training_counts_fewer_flops(generator):
     ({"swap_every": 100, "num_steps": 120}, "swap_every, swap_until: the schedule ends at step 90"),
     ({"swap_until": 0.0}, "swap_until: expected a finite number > 0"),
     ({"removal": "magnitude"}, "removal: expected one of"),
+    ({"allocation": "uniform"}, "allocation: expected one of"),
+    ({"growth_steps": 0}, "growth_steps: expected an integer >= 1"),
+    ({"growth_steps": 11}, "growth_steps: expected at most swap_every=10 steps"),
     ({"density": 0.01}, "density: 0.01 keeps .* the masks cannot cover the remaining layers"),
 ])
 def test_bad_input(options, match, generator):

@@ -10,8 +10,9 @@ the training-step count equals ``FlopCounterMode``'s measurement of the same ste
 Per layer and example, with ``n`` active weights, one forward pass costs ``2un``; the backward pass
 costs ``2un`` for the weight gradient plus ``2un`` for the input gradient, which the first layer
 does not need (its input is data). The local reparameterisation makes two passes (means, and
-variances on ``x^2``); weight sampling makes one. SSVI's subspace-update steps take the mean
-path's weight gradient densely (``n`` = all entries), to rank inactive coordinates.
+variances on ``x^2``); weight sampling makes one. SSVI takes the mean path's weight gradient densely
+(``n`` = all entries), to rank inactive coordinates, on each update step and the ``growth_steps - 1``
+steps before it whose gradients it sums.
 """
 
 from __future__ import annotations

@@ -88,7 +88,13 @@ class VIConfig:
 
 
 class Subspace(Protocol):
-    """SSVI's hooks into the loop: initial masks, and the subspace update after a backward pass."""
+    """SSVI's hooks into the loop: initial masks, and the subspace update after a backward pass.
+
+    Attributes:
+        growth_steps: steps per update whose dense mean gradients it reads (counted as dense in FLOPs).
+    """
+
+    growth_steps: int
 
     def initial_masks(self, spec: ModelSpec, layers: list[Layer], *, generator: torch.Generator) -> dict[str, Tensor]:
         """``{weight name: bool mask}`` with each layer's budget of active entries."""
@@ -246,7 +252,7 @@ def fit_variational(spec: ModelSpec, data: tuple[Tensor, Tensor], config: VIConf
             if progress and step % _POSTFIX_EVERY == 0:
                 bar.set_postfix(loss=f"{losses[-1]:.4g}", nll=f"{float(nll):.4g}", kl=f"{float(kl):.4g}", refresh=False)
     meta = {"engine": engine, "config": asdict(config), "seed": seed, "wall_time_s": time.perf_counter() - start,
-            "loss_trace": losses, **_counts(q, layers, config, batch_size, update_steps)}
+            "loss_trace": losses, **_counts(q, layers, config, batch_size, update_steps * (subspace.growth_steps if subspace else 0))}
     if subspace is not None:
         meta.update(subspace.report())
     return variational_posterior(spec, q, num_draws=config.num_draws, seed=predict_seed, meta=meta)
@@ -283,7 +289,7 @@ def _generators(seed: int) -> tuple[torch.Generator, torch.Generator, torch.Gene
 
 
 def _counts(q: MeanFieldGaussian, layers: list[Layer], config: VIConfig, batch_size: int,
-            update_steps: int) -> dict[str, int]:
+            dense_gradient_steps: int) -> dict[str, int]:
     """Parameter counts and FLOPs (`uqkit.inference.flops`) of the fitted q and of the whole run."""
     active = q.num_active()
     dense = {k: v.numel() for k, v in q.mu.items()}
@@ -292,7 +298,7 @@ def _counts(q: MeanFieldGaussian, layers: list[Layer], config: VIConfig, batch_s
     return {
         "active_parameters": sum(active.values()),
         "dense_parameters": sum(dense.values()),
-        "train_flops": (config.num_steps - update_steps) * regular + update_steps * on_update,
+        "train_flops": (config.num_steps - dense_gradient_steps) * regular + dense_gradient_steps * on_update,
         "train_flops_per_step": regular,
         "inference_flops": forward_flops(layers, active),
     }

@@ -18,8 +18,9 @@ masks and their updates (`SparseSubspace`):
   ``mean`` |mu|, ``snr`` |mu|/sigma, ``E_mean_abs`` E|theta|, ``SNR_mean_abs`` (default)
   E|theta| / sd|theta|, with the folded-normal moments of `folded_normal_moments`.
 * **Addition** activates as many previously inactive coordinates with the largest dense gradient
-  magnitude ``|dL/dmu_j|`` (the loop keeps inactive means at exactly 0 and feeds the means to the
-  network unmasked, so their gradient is the loss gradient at ``theta_j = 0``). New coordinates get
+  magnitude ``|dL/dmu_j|``, the gradient summed over the ``growth_steps`` steps ending at the update
+  (the loop keeps inactive means at exactly 0 and feeds the means to the network unmasked, so their
+  gradient is the loss gradient at ``theta_j = 0``). New coordinates get
   ``mu = 0`` and the mean ``rho`` of the layer's kept coordinates (the paper's ``grow_std='mean'``).
 * Between updates the masks zero the means' gradients at inactive coordinates (the scales enter the
   loss masked, so theirs are zero already); with Adam's moments reset at every update, inactive means
@@ -168,6 +169,8 @@ class SparseSubspace:
         removal: one of `REMOVAL_SCORES`.
         dense_first_layer: keep the first Linear/Conv layer dense.
         allocation: what ``density`` is a fraction of, one of `ALLOCATIONS` (see `layer_budgets`).
+        growth_steps: steps whose dense mean gradients are summed for the growth score, ending at the
+            update step (the SSVI code's ``grad_accumulation_n``), in [1, swap_every].
     """
 
     density: float
@@ -178,8 +181,10 @@ class SparseSubspace:
     removal: str = "SNR_mean_abs"
     dense_first_layer: bool = True
     allocation: str = "model"
+    growth_steps: int = 1
     budgets: dict[str, int] = field(default_factory=dict, init=False)
     swaps: list[dict[str, Any]] = field(default_factory=list, init=False)
+    _growth: dict[str, Tensor] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not 0 < check_positive(self.density, "density") <= 1:
@@ -192,6 +197,9 @@ class SparseSubspace:
             raise ValueError(f"swap_alpha: expected a fraction in (0, 1], got {self.swap_alpha!r}")
         if self.removal not in REMOVAL_SCORES:
             raise ValueError(f"removal: expected one of {REMOVAL_SCORES}, got {self.removal!r}")
+        check_int(self.growth_steps, "growth_steps", minimum=1)
+        if self.growth_steps > self.swap_every:
+            raise ValueError(f"growth_steps: expected at most swap_every={self.swap_every} steps, got {self.growth_steps}")
         if self.allocation not in ALLOCATIONS:
             raise ValueError(f"allocation: expected one of {ALLOCATIONS}, got {self.allocation!r}")
         if self.density < 1 and self.swap_every >= self.end_step:
@@ -217,8 +225,22 @@ class SparseSubspace:
         return masks
 
     def update(self, step: int, q: MeanFieldGaussian) -> bool:
-        """At update steps, swap coordinates in every masked layer (q's tensors and masks change in place)."""
-        if step == 0 or step % self.swap_every or step >= self.end_step or not q.masks:
+        """At update steps, swap coordinates in every masked layer (q's tensors and masks change in place).
+
+        Called after every backward pass (mean gradients still dense): the ``growth_steps`` calls
+        up to an update step add their gradients into the growth score's sum.
+        """
+        if step >= self.end_step or not q.masks or step + self.growth_steps <= self.swap_every:
+            return False
+        to_update = -step % self.swap_every
+        if step + to_update >= self.end_step:
+            return False
+        if to_update < self.growth_steps:
+            with torch.no_grad():
+                for name in q.masks:
+                    grad = q.mu[name].grad
+                    self._growth[name] = grad.clone() if to_update == self.growth_steps - 1 else self._growth[name] + grad
+        if to_update:
             return False
         fraction = swap_fraction(step, alpha=self.swap_alpha, end_step=self.end_step)
         moved = 0
@@ -236,7 +258,7 @@ class SparseSubspace:
             return 0
         score = removal_score(mu, F.softplus(rho), self.removal).masked_fill(~mask, math.inf)
         drop = torch.topk(score, num_swap, largest=False).indices
-        growth = q.mu[name].grad.reshape(-1).abs().masked_fill(mask, -math.inf)
+        growth = self._growth.pop(name).reshape(-1).abs().masked_fill(mask, -math.inf)
         grow = torch.topk(growth, num_swap).indices
         new_mask = mask.clone()
         new_mask[drop] = False
@@ -250,12 +272,13 @@ class SparseSubspace:
     def report(self) -> dict[str, Any]:
         return {"density": self.density, "swap_every": self.swap_every, "swap_until": self.swap_until,
                 "swap_alpha": self.swap_alpha, "removal": self.removal, "dense_first_layer": self.dense_first_layer,
-                "allocation": self.allocation, "layer_budgets": self.budgets, "swaps": self.swaps}
+                "allocation": self.allocation,
+                "growth_steps": self.growth_steps, "layer_budgets": self.budgets, "swaps": self.swaps}
 
 
 def fit_ssvi(spec: ModelSpec, data: tuple[Tensor, Tensor], *, density: float = 0.1, swap_every: int = 100,
              swap_until: float = 0.75, swap_alpha: float = 0.3, removal: str = "SNR_mean_abs",
-             dense_first_layer: bool = True, allocation: str = "model", num_steps: int = VIConfig.num_steps,
+             dense_first_layer: bool = True, allocation: str = "model", growth_steps: int = 1, num_steps: int = VIConfig.num_steps,
              batch_size: int | None = VIConfig.batch_size, lr: float = VIConfig.lr,
              kl_scale: float = VIConfig.kl_scale, kl_warmup: float = VIConfig.kl_warmup,
              init_std: float = VIConfig.init_std, local_reparam: bool = VIConfig.local_reparam,
@@ -266,8 +289,8 @@ def fit_ssvi(spec: ModelSpec, data: tuple[Tensor, Tensor], *, density: float = 0
     Args:
         spec: the model; its prior must be Gaussian per coordinate (closed-form KL over active ones).
         data: training data, ``N == spec.num_data``.
-        density, swap_every, swap_until, swap_alpha, removal, dense_first_layer, allocation: see
-            `SparseSubspace`.
+        density, swap_every, swap_until, swap_alpha, removal, dense_first_layer, allocation, growth_steps:
+            see `SparseSubspace`.
         num_steps, batch_size, lr, kl_scale, kl_warmup, init_std, local_reparam, num_draws, lr_schedule:
             see `uqkit.inference.mfvi.VIConfig`.
         seed: seeds the initial masks and means, noise, minibatch order and prediction draws (>= 0).
@@ -280,5 +303,5 @@ def fit_ssvi(spec: ModelSpec, data: tuple[Tensor, Tensor], *, density: float = 0
     """
     config = VIConfig(num_steps, batch_size, lr, kl_scale, kl_warmup, init_std, local_reparam, num_draws, lr_schedule)
     subspace = SparseSubspace(density, config.num_steps, swap_every, swap_until, swap_alpha, removal, dense_first_layer,
-                              allocation)
+                              allocation, growth_steps)
     return fit_variational(spec, data, config, seed=seed, progress=progress, engine="ssvi", subspace=subspace)
