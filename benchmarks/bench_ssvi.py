@@ -14,9 +14,10 @@ active fraction of the *whole* model (dense first layer and biases included) for
 (RigL's Erdos-Renyi-Kernel spread, small layers denser), of each masked layer for ``layer`` (the
 paper's convention; the model is then denser than ``density``). ``active_parameters`` is always the
 whole model's count. ``--growth-steps`` (default 10) gradients are summed to rank the coordinates
-to grow (the SSVI code's ``grad_accumulation_n``). VI predictions average ``--draws`` weight draws. ``train_flops`` counts matrix-product
-and convolution FLOPs of the whole run, derived from the active counts (`uqkit.inference.flops`);
-``active_parameters`` counts weight coordinates (each VI coordinate has a mean and a scale).
+to grow (the SSVI code's ``grad_accumulation_n``). VI predictions average ``--draws`` weight draws.
+``train_flops`` counts matrix-product and convolution FLOPs of the whole run, derived from the active
+counts (`uqkit.inference.flops`); ``active_parameters`` counts weight coordinates (each VI coordinate
+has a mean and a scale).
 
 ``--speed`` times training steps of uqkit's dense VI and SSVI against a hand-written Bayes-by-Backprop
 loop (same MLP, local reparameterisation, closed-form KL, Adam) in the same process, interleaved,

@@ -431,8 +431,8 @@ def _pfn_cases() -> list[Case]:
         Case(e, "meta-device x_test", "x_test", lambda: pfn().predict(x, y, meta_like(xt))),
         Case(e, "x_test outside the prior's range", "x_test", lambda: pfn().predict(x, y, xt + 100)),
         Case(e, "context too long", "x_train", lambda: pfn().predict(torch.rand(30, 1), torch.randn(30), xt)),
-        Case(e, "string x_train", "x_train", lambda: pfn().predict("x", y, xt),
-             known_gap="pfn.py's _as_matrix/_as_vector call torch.as_tensor before uqkit._checks.as_tensor"),
+        Case(e, "string x_train", "x_train", lambda: pfn().predict("x", y, xt)),
+        Case(e, "string y_train", "y_train", lambda: pfn().predict(x, "y", xt)),
     ]
 
 

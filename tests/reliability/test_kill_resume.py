@@ -117,8 +117,7 @@ def _check(tmp_path: Path, engine: str, *, seed: int, max_delay: float, num_kill
 
 
 def test_sghmc_survives_a_kill(tmp_path) -> None:
-    landed = _check(tmp_path, "sghmc", seed=0, max_delay=1.0, num_kills=1)
-    assert landed >= 0
+    _check(tmp_path, "sghmc", seed=0, max_delay=1.0, num_kills=1)  # whether or not the kill lands mid-run
 
 
 @pytest.mark.slow

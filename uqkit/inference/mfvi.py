@@ -252,7 +252,8 @@ def fit_variational(spec: ModelSpec, data: tuple[Tensor, Tensor], config: VIConf
             if progress and step % _POSTFIX_EVERY == 0:
                 bar.set_postfix(loss=f"{losses[-1]:.4g}", nll=f"{float(nll):.4g}", kl=f"{float(kl):.4g}", refresh=False)
     meta = {"engine": engine, "config": asdict(config), "seed": seed, "wall_time_s": time.perf_counter() - start,
-            "loss_trace": losses, **_counts(q, layers, config, batch_size, update_steps * (subspace.growth_steps if subspace else 0))}
+            "loss_trace": losses,
+            **_counts(q, layers, config, batch_size, update_steps * (subspace.growth_steps if subspace else 0))}
     if subspace is not None:
         meta.update(subspace.report())
     return variational_posterior(spec, q, num_draws=config.num_draws, seed=predict_seed, meta=meta)

@@ -199,7 +199,8 @@ class SparseSubspace:
             raise ValueError(f"removal: expected one of {REMOVAL_SCORES}, got {self.removal!r}")
         check_int(self.growth_steps, "growth_steps", minimum=1)
         if self.growth_steps > self.swap_every:
-            raise ValueError(f"growth_steps: expected at most swap_every={self.swap_every} steps, got {self.growth_steps}")
+            raise ValueError(f"growth_steps: expected at most swap_every={self.swap_every} steps, "
+                             f"got {self.growth_steps}")
         if self.allocation not in ALLOCATIONS:
             raise ValueError(f"allocation: expected one of {ALLOCATIONS}, got {self.allocation!r}")
         if self.density < 1 and self.swap_every >= self.end_step:
@@ -239,7 +240,8 @@ class SparseSubspace:
             with torch.no_grad():
                 for name in q.masks:
                     grad = q.mu[name].grad
-                    self._growth[name] = grad.clone() if to_update == self.growth_steps - 1 else self._growth[name] + grad
+                    first = to_update == self.growth_steps - 1
+                    self._growth[name] = grad.clone() if first else self._growth[name] + grad
         if to_update:
             return False
         fraction = swap_fraction(step, alpha=self.swap_alpha, end_step=self.end_step)
@@ -278,7 +280,8 @@ class SparseSubspace:
 
 def fit_ssvi(spec: ModelSpec, data: tuple[Tensor, Tensor], *, density: float = 0.1, swap_every: int = 100,
              swap_until: float = 0.75, swap_alpha: float = 0.3, removal: str = "SNR_mean_abs",
-             dense_first_layer: bool = True, allocation: str = "model", growth_steps: int = 1, num_steps: int = VIConfig.num_steps,
+             dense_first_layer: bool = True, allocation: str = "model", growth_steps: int = 1,
+             num_steps: int = VIConfig.num_steps,
              batch_size: int | None = VIConfig.batch_size, lr: float = VIConfig.lr,
              kl_scale: float = VIConfig.kl_scale, kl_warmup: float = VIConfig.kl_warmup,
              init_std: float = VIConfig.init_std, local_reparam: bool = VIConfig.local_reparam,

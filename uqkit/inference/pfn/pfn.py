@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from uqkit._checks import check_float, check_same_length
+from uqkit._checks import as_tensor, check_float, check_same_length
 from uqkit._io import load_tensors, save_tensors
 from uqkit.calibration.predictive import Predictive
 from uqkit.inference.pfn.bar import BarDistribution
@@ -147,14 +147,14 @@ def write_checkpoint(path: str | Path, net: PFNTransformer, borders: Tensor | No
 
 def _as_matrix(x: object, name: str) -> Tensor:
     """``[n, d]`` finite floats; an empty context may be given as ``[0, d]``."""
-    t = torch.as_tensor(x) if not isinstance(x, Tensor) else x
+    t = as_tensor(x, name)
     if t.ndim == 2 and t.shape[0] == 0:
         return t.to(torch.float64)
     return check_float(x, name, ndim=2)
 
 
 def _as_vector(y: object, name: str) -> Tensor:
-    t = torch.as_tensor(y) if not isinstance(y, Tensor) else y
+    t = as_tensor(y, name)
     if t.ndim == 1 and t.shape[0] == 0:
         return t.to(torch.float64)
     return check_float(y, name, ndim=1)
