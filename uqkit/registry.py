@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import fields, is_dataclass
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -29,7 +30,18 @@ def get_engine(name: str, **options: Any) -> Any:
 
     if name not in ENGINES:
         raise ValueError(f"engine: unknown engine {name!r}; known engines: {', '.join(sorted(ENGINES)) or 'none'}")
+    if is_dataclass(ENGINES[name]):
+        check_options(name, [f.name for f in fields(ENGINES[name]) if f.init], options)
     try:
         return ENGINES[name](**options)
     except TypeError as err:
         raise TypeError(f"engine {name!r}: {err}") from None
+
+
+def check_options(owner: str, known: Iterable[str], options: Mapping[str, Any]) -> None:
+    """Refuse options that ``owner`` (an engine or trainer) does not take, naming them and listing its options."""
+    known = list(known)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise TypeError(f"engine_options: {owner!r} takes no option {', '.join(map(repr, unknown))}; "
+                        f"its options: {', '.join(known)}")

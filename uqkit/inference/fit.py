@@ -32,7 +32,7 @@ from uqkit.inference.posterior import Posterior
 from uqkit.inference.ssvi import fit_ssvi
 from uqkit.models.spec import Batch, ModelSpec
 from uqkit.parallel import ReportBar, check_backend, run_tasks
-from uqkit.registry import ENGINES, get_engine
+from uqkit.registry import ENGINES, check_options, get_engine
 
 _KIND = "uqkit.fit-checkpoint/1"
 _POSTFIX_EVERY = 50  # steps between progress-bar postfix updates
@@ -129,17 +129,13 @@ def fit(spec: ModelSpec, data: tuple[Tensor, Tensor] | DataLoader, *, engine: An
 
 
 def _check_options(engine: str, options: dict[str, Any]) -> None:
-    """Refuse options that the named engine or trainer does not take, naming them and listing its options."""
+    """Refuse options that the named engine or trainer does not take, before any work starts."""
     if engine in TRAINERS:
-        known = [k for k, p in inspect.signature(TRAINERS[engine]).parameters.items() if p.kind is p.KEYWORD_ONLY]
+        known = [k for k, p in inspect.signature(TRAINERS[engine]).parameters.items()
+                 if p.kind is p.KEYWORD_ONLY and k not in ("progress", "seed")]
+        check_options(engine, known, options)
     elif engine in ENGINES and is_dataclass(ENGINES[engine]):
-        known = [f.name for f in fields(ENGINES[engine])]
-    else:
-        return  # unknown names are refused by get_engine; engines that are not dataclasses check their own options
-    unknown = sorted(set(options) - set(known) - {"progress", "seed"})
-    if unknown:
-        raise TypeError(f"engine_options: {engine!r} takes no option {', '.join(map(repr, unknown))}; "
-                        f"its options: {', '.join(k for k in known if k not in ('progress', 'seed'))}")
+        check_options(engine, [f.name for f in fields(ENGINES[engine]) if f.init], options)
 
 
 class _BatchSource:
