@@ -201,7 +201,8 @@ def _run_on_ray(fn: TaskFn, tasks: Sequence[Any], pending: list[int], *, address
         remote = ray.remote(num_cpus=num_cpus_per_task, max_retries=max_retries)(_run_one)
         threads = max(1, int(num_cpus_per_task))
         dtype = torch.get_default_dtype()
-        refs = {remote.remote(fn, tasks[i], counter, threads, dtype): i for i in pending}
+        shared_fn = ray.put(fn)  # serialised once (with whatever data it carries), not once per task
+        refs = {remote.remote(shared_fn, tasks[i], counter, threads, dtype): i for i in pending}
         shown = 0
         while refs:
             ready, _ = ray.wait(list(refs), num_returns=1, timeout=_POLL_S)

@@ -30,12 +30,17 @@ def get_engine(name: str, **options: Any) -> Any:
 
     if name not in ENGINES:
         raise ValueError(f"engine: unknown engine {name!r}; known engines: {', '.join(sorted(ENGINES)) or 'none'}")
-    if is_dataclass(ENGINES[name]):
-        check_options(name, [f.name for f in fields(ENGINES[name]) if f.init], options)
+    check_engine_options(name, options)
     try:
         return ENGINES[name](**options)
     except TypeError as err:
         raise TypeError(f"engine {name!r}: {err}") from None
+
+
+def check_engine_options(name: str, options: Mapping[str, Any]) -> None:
+    """Refuse options that the registered engine ``name`` does not take (engines that are dataclasses)."""
+    if name in ENGINES and is_dataclass(ENGINES[name]):
+        check_options(name, [f.name for f in fields(ENGINES[name]) if f.init], options)
 
 
 def check_options(owner: str, known: Iterable[str], options: Mapping[str, Any]) -> None:

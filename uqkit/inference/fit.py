@@ -12,7 +12,7 @@ import functools
 import inspect
 import json
 import time
-from dataclasses import asdict, fields, is_dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from uqkit.inference.posterior import Posterior
 from uqkit.inference.ssvi import fit_ssvi
 from uqkit.models.spec import Batch, ModelSpec
 from uqkit.parallel import ReportBar, check_backend, run_tasks
-from uqkit.registry import ENGINES, check_options, get_engine
+from uqkit.registry import ENGINES, check_engine_options, check_options, get_engine
 
 _KIND = "uqkit.fit-checkpoint/1"
 _POSTFIX_EVERY = 50  # steps between progress-bar postfix updates
@@ -134,8 +134,8 @@ def _check_options(engine: str, options: dict[str, Any]) -> None:
         known = [k for k, p in inspect.signature(TRAINERS[engine]).parameters.items()
                  if p.kind is p.KEYWORD_ONLY and k not in ("progress", "seed")]
         check_options(engine, known, options)
-    elif engine in ENGINES and is_dataclass(ENGINES[engine]):
-        check_options(engine, [f.name for f in fields(ENGINES[engine]) if f.init], options)
+    else:
+        check_engine_options(engine, options)
 
 
 class _BatchSource:

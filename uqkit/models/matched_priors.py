@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from uqkit._checks import check_positive
-from uqkit.models.priors import Params, _gaussian_draws, _gaussian_log_prob, fan_in, gamma_draws
+from uqkit.models.priors import ConditionalGaussian, Params, _gaussian_draws, _gaussian_log_prob, fan_in, gamma_draws
 
 
 def _lookup(table: dict, name: str, what: str) -> object:
@@ -66,7 +66,7 @@ class PerLayerGaussian:
 
 
 @dataclass(frozen=True, eq=False)
-class PerLayerHierarchicalGaussian:
+class PerLayerHierarchicalGaussian(ConditionalGaussian):
     """Per-tensor inverse-gamma / Gaussian prior (see the module docstring).
 
     Args:
@@ -95,13 +95,6 @@ class PerLayerHierarchicalGaussian:
             rate, shape = _lookup(self.rates, name, "rate"), self.shapes[name]
             sigma2 = torch.tensor(rate / shape, dtype=t.dtype, device=t.device)
         return sigma2.to(t.dtype) / fan_in(t.shape)
-
-    def log_prob(self, params: Params) -> Tensor:
-        """Conditional ``log p(theta | sigma^2)`` at the current variances."""
-        return sum(_gaussian_log_prob(p, self.variance(k, p)) for k, p in params.items())
-
-    def grad_log_prob(self, params: Params) -> Params:
-        return {k: p * (-1.0 / self.variance(k, p)) for k, p in params.items()}
 
     def sample(self, num: int, *, generator: torch.Generator, template: Params) -> Params:
         """Joint draws: a fresh precision per draw and tensor, then the weights given it."""

@@ -158,8 +158,24 @@ class LayerwiseGaussian:
         return self
 
 
+class ConditionalGaussian:
+    """Independent ``N(0, variance(name, t))`` entries given the current variances (a mixin).
+
+    Subclasses define ``variance(name, t) -> Tensor``; this gives the conditional log density and its
+    closed-form gradient.
+    """
+
+    def log_prob(self, params: Params) -> Tensor:
+        """Conditional ``log p(theta | sigma^2)`` at the current variances."""
+        return sum(_gaussian_log_prob(p, self.variance(k, p)) for k, p in params.items())
+
+    def grad_log_prob(self, params: Params) -> Params:
+        """Gradient of the conditional log density at the current variances."""
+        return {k: p * (-1.0 / self.variance(k, p)) for k, p in params.items()}
+
+
 @dataclass(frozen=True)
-class HierarchicalLayerwiseGaussian:
+class HierarchicalLayerwiseGaussian(ConditionalGaussian):
     """Layer-wise Gaussian whose per-tensor variances have inverse-gamma priors (Tran et al. 2022, "FH").
 
     For every parameter tensor ``k`` (each layer's weight and bias separately), with precision
@@ -200,14 +216,6 @@ class HierarchicalLayerwiseGaussian:
         if sigma2 is None:
             sigma2 = torch.tensor(self.init_variance, dtype=t.dtype, device=t.device)
         return sigma2.to(t.dtype) / fan_in(t.shape)
-
-    def log_prob(self, params: Params) -> Tensor:
-        """Conditional ``log p(theta | sigma^2)`` at the current variances."""
-        return sum(_gaussian_log_prob(p, self.variance(k, p)) for k, p in params.items())
-
-    def grad_log_prob(self, params: Params) -> Params:
-        """Gradient of the conditional log density at the current variances."""
-        return {k: p * (-1.0 / self.variance(k, p)) for k, p in params.items()}
 
     def sample(self, num: int, *, generator: torch.Generator, template: Params) -> Params:
         """Joint draws: fresh precisions per draw and tensor, then weights given them."""
