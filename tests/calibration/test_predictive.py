@@ -109,6 +109,18 @@ def test_other_families_through_from_distribution():
     np.testing.assert_allclose(single.quantile(0.2).numpy(), stats.laplace.ppf(0.2, [0, 2], [1, 0.5]), rtol=1e-10)
 
 
+def test_quantile_of_a_positive_family_stays_inside_its_support():
+    # Mean - 10 sd is negative for these log-normals; the bracket must start inside (0, inf), checked with brentq.
+    loc, scale = torch.tensor([[0.0, 1.0], [0.5, 0.2]]), torch.tensor([[1.0, 0.5], [0.3, 2.0]])
+    pred = Predictive.from_distribution(torch.distributions.LogNormal(loc, scale))
+    for q in (0.01, 0.1, 0.9):
+        got = pred.quantile(q)
+        for j in range(2):
+            def cdf(x, j=j):
+                return stats.lognorm.cdf(x, scale[:, j].numpy(), scale=np.exp(loc[:, j].numpy())).mean() - q
+            np.testing.assert_allclose(got[j].item(), optimize.brentq(cdf, 1e-12, 1e4, xtol=1e-14), rtol=1e-8)
+
+
 def test_multi_output_regression_sums_log_density_over_outputs(generator):
     mean = torch.randn(2, 6, 3, generator=generator)
     var = torch.rand(2, 6, 3, generator=generator) + 0.5

@@ -264,24 +264,36 @@ class Predictive:
 
     def _bisect_quantile(self, q: float) -> Tensor:
         mean, sd = self.dist.mean, self.dist.variance.sqrt()
-        lo = (mean - 10 * sd).amin(0)
-        hi = (mean + 10 * sd).amax(0)
+        floor, ceiling = _support_bounds(self.dist)
+        lo = (mean - 10 * sd).amin(0).clamp(floor, ceiling)
+        hi = (mean + 10 * sd).amax(0).clamp(floor, ceiling)
         w = self.weights()
-        # Widen the bracket until it holds the quantile (heavy tails may need it).
+        # Widen the bracket until it holds the quantile (heavy tails may need it), never past the support.
         for _ in range(60):
             c_lo = _wsum(w, self.dist.cdf(lo.unsqueeze(0)))
             c_hi = _wsum(w, self.dist.cdf(hi.unsqueeze(0)))
             if bool((c_lo <= q).all()) and bool((c_hi >= q).all()):
                 break
             span = (hi - lo).clamp_min(1e-12)
-            lo = torch.where(c_lo > q, lo - span, lo)
-            hi = torch.where(c_hi < q, hi + span, hi)
+            lo = torch.where(c_lo > q, lo - span, lo).clamp(floor, ceiling)
+            hi = torch.where(c_hi < q, hi + span, hi).clamp(floor, ceiling)
         for _ in range(_QUANTILE_ITERS):
             mid = 0.5 * (lo + hi)
             below = _wsum(w, self.dist.cdf(mid.unsqueeze(0))) < q
             lo = torch.where(below, mid, lo)
             hi = torch.where(below, hi, mid)
         return 0.5 * (lo + hi)
+
+
+def _support_bounds(dist: torch.distributions.Distribution) -> tuple[float, float]:
+    """The support's bounds nudged one float inside it (``-inf``/``inf`` where unbounded), for ``clamp``."""
+    dtype = dist.mean.dtype
+    lower = getattr(dist.support, "lower_bound", -math.inf)
+    upper = getattr(dist.support, "upper_bound", math.inf)
+    inf = torch.tensor(math.inf, dtype=dtype)
+    floor = torch.nextafter(torch.as_tensor(lower, dtype=dtype), inf)
+    ceiling = torch.nextafter(torch.as_tensor(upper, dtype=dtype), -inf)
+    return float(floor), float(ceiling)
 
 
 def _wsum(w: Tensor, x: Tensor) -> Tensor:

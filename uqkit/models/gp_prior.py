@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from uqkit._checks import check_float, check_positive
+from uqkit._gpytorch import import_gpytorch
 
 #: Hyperparameters that may carry a hyperprior, and the gpytorch raw-parameter name they set.
 _HYPER_PARAMS = {"lengthscale": "raw_lengthscale", "outputscale": "raw_outputscale"}
@@ -52,10 +53,7 @@ class GPPrior:
 
     def __init__(self, kernel: nn.Module, *, hyperpriors: dict[str, torch.distributions.Distribution] | None = None,
                  jitter: float = 1e-6, max_jitter: float = 1e-2) -> None:
-        with warnings.catch_warnings():  # linear_operator (under gpytorch) calls the deprecated torch.jit.script at import
-            warnings.simplefilter("ignore", DeprecationWarning)
-            import gpytorch
-
+        gpytorch = import_gpytorch()
         if not isinstance(kernel, gpytorch.kernels.Kernel):
             raise TypeError(f"kernel: expected a gpytorch.kernels.Kernel, got {type(kernel).__name__}")
         self.jitter = check_positive(jitter, "jitter")

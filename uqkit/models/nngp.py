@@ -21,15 +21,14 @@ METHODS.md section 5 gives the same recursion (Lee, Yun, Yang & Lee, ICLR 2022).
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
 from torch import Tensor
 
-with warnings.catch_warnings():  # linear_operator (under gpytorch) calls the deprecated torch.jit.script at import
-    warnings.filterwarnings("ignore", message=".torch.jit.script. is deprecated", category=DeprecationWarning)
-    import gpytorch
-from gpytorch.constraints import Positive
+from uqkit._gpytorch import import_gpytorch
+
+gpytorch = import_gpytorch()
+Positive = gpytorch.constraints.Positive
 
 ACTIVATIONS = ("relu", "erf")
 

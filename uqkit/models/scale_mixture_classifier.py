@@ -27,8 +27,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from uqkit._checks import check_float, check_labels, check_positive, check_same_length
+from uqkit._gpytorch import import_gpytorch
 from uqkit.calibration.predictive import Predictive
-from uqkit.models.nngp import gpytorch  # imported there with linear_operator's import-time warning silenced
+
+gpytorch = import_gpytorch()
 
 SCALES = ("inverse-gamma", "fixed")
 
