@@ -6,10 +6,14 @@ NLL per query point of the PFN vs the exact GP posterior predictive with the tru
 context sizes. Part ``gp-hyper``: on datasets from the ``gp-hyper`` prior, the PFN vs full Bayes
 (NUTS over the log hyperparameters with `uqkit.sample`, GP predictive averaged over the draws) and vs
 type-II maximum likelihood (gpytorch + L-BFGS), with wall time per dataset; goal >= 200x faster
-than full Bayes. NLL gaps carry their standard error over datasets.
+than full Bayes. ``--reference is`` (or ``both``) computes full Bayes instead (or also) by importance
+sampling from the hyperprior (`importance_predictive`, with its Kish ESS), which needs no MCMC and is
+trustworthy at small contexts; gaps are then taken to it. NLL gaps carry their standard error over
+datasets (the same datasets for every method, so the gaps are paired).
 
 Usage: python benchmarks/bench_pfn.py --part gp --datasets 20 --threads 1
        python benchmarks/bench_pfn.py --part gp-hyper --datasets 6 --contexts 2,5,10,20,50 --dim 1 --threads 1
+       python benchmarks/bench_pfn.py --part gp-hyper --reference is --datasets 100 --contexts 2,5,10 --dim 3
        (--checkpoint PATH benchmarks a checkpoint file instead of the shipped one)
 """
 
@@ -24,7 +28,13 @@ from _common import context_str
 from tqdm import tqdm
 
 from uqkit.inference import PFN
-from uqkit.inference.pfn.gp_reference import exact_gp_predictive, full_bayes_predictive, type2_ml_predictive
+from uqkit.inference.pfn.gp_reference import (
+    exact_gp_predictive,
+    full_bayes_predictive,
+    importance_predictive,
+    kish_ess,
+    type2_ml_predictive,
+)
 from uqkit.models.pfn_priors import GPHyperSimulator, GPSimulator
 
 
@@ -76,35 +86,53 @@ def bench_gp(pfn: PFN, datasets: int, queries: int, max_context: int, seed: int)
 
 
 def bench_gp_hyper(pfn: PFN, datasets: int, queries: int, contexts: list[int], dim: int, seed: int,
-                   warmup: int, samples: int) -> None:
+                   warmup: int, samples: int, reference: str, is_draws: int, type2: bool = True) -> None:
     info = pfn.prior_info
     hyper = {k: (v["log_mean"], v["log_std"]) for k, v in info["hyperpriors"].items()}
     prior = GPHyperSimulator(hyper, input_dims=(dim, dim), noise_floor=info["noise_floor"])
     g = torch.Generator().manual_seed(seed)
-    print(f"# gp-hyper: d={dim}, {datasets} datasets x {queries} queries per context size; NUTS {warmup}+{samples} "
-          f"x 4 chains; {context_str()}")
-    print("context | NLL PFN | NLL full Bayes | NLL type-II ML | PFN - FB (+-se) | PFN - ML2 (+-se) | "
-          "time PFN / FB / ML2 (s per dataset) | FB / PFN")
+    methods = {"pfn": lambda args, i: pfn.predict(*args)}
+    if type2:
+        methods["ml2"] = lambda args, i: type2_ml_predictive(*args, noise_floor=prior.noise_floor)
+    if reference in ("nuts", "both"):
+        methods["fb"] = lambda args, i: full_bayes_predictive(*args, prior, num_warmup=warmup, num_samples=samples,
+                                                              seed=i)
+    if reference in ("is", "both"):
+        methods["is"] = lambda args, i: importance_predictive(*args, prior, num_draws=is_draws, seed=i)
+    ref = "is" if "is" in methods else "fb"
+    print(f"# gp-hyper: d={dim}, {datasets} datasets x {queries} queries per context size; references: "
+          + ", ".join(f"{LABELS[k]}" for k in methods if k in ("fb", "is"))
+          + f" (FB = NUTS {warmup}+{samples} x 4 chains, IS = {is_draws} hyperprior draws); {context_str()}")
+    pairs = [("pfn", ref)] + ([("pfn", "ml2")] if type2 else []) + ([("fb", "is")] if reference == "both" else [])
+    timed = [k for k in ("fb", "is") if k in methods]
+    print("context | " + " | ".join(f"NLL {LABELS[k]}" for k in methods) + " | "
+          + " | ".join(f"{LABELS[a]} - {LABELS[b]} (+-se)" for a, b in pairs)
+          + (" | IS Kish ESS mean / min" if "is" in methods else "") + " | time per dataset (s) | "
+          + " | ".join(f"{LABELS[k]} / PFN" for k in timed))
     for n in contexts:
         x, y = prior.sample(datasets, n + queries, generator=g)
-        rows = {"pfn": [], "fb": [], "ml2": []}
-        times = {"pfn": 0.0, "fb": 0.0, "ml2": 0.0}
+        rows = {k: [] for k in methods}
+        times = {k: 0.0 for k in methods}
+        ess = []
         for i, (xb, yb) in enumerate(tqdm(list(zip(x, y)), desc=f"context {n}", leave=False)):
             args = (xb[:n], yb[:n], xb[n:])
-            fns = {"pfn": lambda: pfn.predict(*args),
-                   "fb": lambda: full_bayes_predictive(*args, prior, num_warmup=warmup, num_samples=samples, seed=i),
-                   "ml2": lambda: type2_ml_predictive(*args, noise_floor=prior.noise_floor)}
-            for name, fn in fns.items():
-                pred, dt = _timed(fn)
+            for name, fn in methods.items():
+                pred, dt = _timed(lambda: fn(args, i))
                 rows[name].append(-float(pred.log_prob(yb[n:]).mean()))
                 times[name] += dt
-        nll = {k: _mean_se(v)[0] for k, v in rows.items()}
-        d_fb = _mean_se([a - b for a, b in zip(rows["pfn"], rows["fb"])])
-        d_ml = _mean_se([a - b for a, b in zip(rows["pfn"], rows["ml2"])])
+                if name == "is":
+                    ess.append(kish_ess(pred))
+        nll = " | ".join(f"{_mean_se(v)[0]:.4f}" for v in rows.values())
+        gaps = " | ".join("{:+.4f} ({:.4f})".format(*_mean_se([u - v for u, v in zip(rows[a], rows[b])]))
+                          for a, b in pairs)
+        ess_col = f" | {sum(ess) / len(ess):.0f} / {min(ess):.0f}" if ess else ""
         t = {k: v / datasets for k, v in times.items()}
-        print(f"{n:>7} | {nll['pfn']:.4f} | {nll['fb']:.4f} | {nll['ml2']:.4f} | {d_fb[0]:+.4f} ({d_fb[1]:.4f}) | "
-              f"{d_ml[0]:+.4f} ({d_ml[1]:.4f}) | {t['pfn']:.4f} / {t['fb']:.2f} / {t['ml2']:.3f} | "
-              f"{t['fb'] / t['pfn']:.0f}x | {context_str()}")
+        time_col = " / ".join(f"{LABELS[k]} {v:.4f}" for k, v in t.items())
+        ratios = " | ".join(f"{t[k] / t['pfn']:.0f}x" for k in timed)
+        print(f"{n:>7} | {nll} | {gaps}{ess_col} | {time_col} | {ratios} | {context_str()}")
+
+
+LABELS = {"pfn": "PFN", "ml2": "ML2", "fb": "FB", "is": "IS"}
 
 
 def main() -> None:
@@ -118,6 +146,11 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=1, help="gp-hyper: input dimension")
     parser.add_argument("--warmup", type=int, default=200, help="gp-hyper: NUTS warmup per chain")
     parser.add_argument("--samples", type=int, default=200, help="gp-hyper: NUTS draws per chain")
+    parser.add_argument("--reference", choices=["nuts", "is", "both"], default="nuts",
+                        help="gp-hyper: full Bayes by NUTS, by importance sampling from the hyperprior, or both "
+                             "(gaps are then taken to IS, and NUTS is also compared with IS)")
+    parser.add_argument("--is-draws", type=int, default=20_000, help="gp-hyper: importance-sampling draws")
+    parser.add_argument("--skip-type2", action="store_true", help="gp-hyper: leave out type-II ML")
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -128,7 +161,8 @@ def main() -> None:
         bench_gp(pfn, args.datasets, args.queries, args.max_context, args.seed)
     else:
         contexts = [int(c) for c in args.contexts.split(",")]
-        bench_gp_hyper(pfn, args.datasets, args.queries, contexts, args.dim, args.seed, args.warmup, args.samples)
+        bench_gp_hyper(pfn, args.datasets, args.queries, contexts, args.dim, args.seed, args.warmup, args.samples,
+                       args.reference, args.is_draws, type2=not args.skip_type2)
 
 
 if __name__ == "__main__":

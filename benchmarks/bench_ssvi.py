@@ -7,15 +7,16 @@
 
 Methods (same net, steps, batch, Adam with cosine learning rate): ``deterministic`` (maximum
 likelihood), ``dense-vi`` (`uqkit.fit(engine="mfvi")`) and ``ssvi-0.2``, ``ssvi-0.1``, ``ssvi-0.05``
-(`uqkit.fit(engine="ssvi", density=...)`, the paper's defaults: SNR(|theta|) removal, swaps every
-100 steps until 75% of training, alpha 0.3, first layer dense, KL scale 0.01 with warm-up over the
-first half). ``--allocation`` (default ``erk``) says how SSVI's budget is spread: ``density`` is the
-active fraction of the *whole* model (dense first layer and biases included) for ``model`` and ``erk``
-(RigL's Erdos-Renyi-Kernel spread, small layers denser), of each masked layer for ``layer`` (the
-paper's convention; the model is then denser than ``density``). ``active_parameters`` is always the
-whole model's count. ``--growth-steps`` (default 10) gradients are summed to rank the coordinates
-to grow (the SSVI code's ``grad_accumulation_n``). VI predictions average ``--draws`` weight draws.
-``train_flops`` counts matrix-product and convolution FLOPs of the whole run, derived from the active
+(`uqkit.fit(engine="ssvi", density=...)` with the library's defaults: SNR(|theta|) removal, swaps
+every ``--swap-every`` = 25 steps until 75% of training, alpha 0.3, first layer dense, KL scale 0.01
+with warm-up over the first half). ``--allocation`` (default ``erk``) says how SSVI's budget is
+spread: ``density`` is the active fraction of the *whole* model (dense first layer and biases
+included) for ``model`` and ``erk`` (RigL's Erdos-Renyi-Kernel spread, small layers denser), of each
+masked layer for ``layer`` (the paper's convention; the model is then denser than ``density``).
+``active_parameters`` is always the whole model's count. ``--growth-steps`` (default 10, at most
+``--swap-every``) gradients are summed to rank the coordinates to grow (the SSVI code's
+``grad_accumulation_n``). Every method trains for the same ``--steps``. VI predictions average
+``--draws`` weight draws. ``train_flops`` counts matrix-product and convolution FLOPs of the whole run, derived from the active
 counts (`uqkit.inference.flops`); ``active_parameters`` counts weight coordinates (each VI coordinate
 has a mean and a scale).
 
@@ -47,7 +48,7 @@ import uqkit  # noqa: E402
 from uqkit.calibration.classification import accuracy, ece, nll  # noqa: E402
 from uqkit.data import load_sklearn  # noqa: E402
 from uqkit.inference.flops import linear_layers, train_step_flops  # noqa: E402
-from uqkit.inference.ssvi import ALLOCATIONS  # noqa: E402
+from uqkit.inference.ssvi import ALLOCATIONS, SparseSubspace  # noqa: E402
 from uqkit.models.likelihoods import Categorical  # noqa: E402
 from uqkit.models.nets import MLP  # noqa: E402
 from uqkit.models.priors import LayerwiseGaussian  # noqa: E402
@@ -138,7 +139,7 @@ def run_methods(args: argparse.Namespace) -> list[dict]:
                  "dense_parameters": count, "train_flops": flops, "seconds": time.perf_counter() - start, **context()})
     for name, options in [("dense-vi", {"engine": "mfvi"}),
                           *((f"ssvi-{d}", {"engine": "ssvi", "density": d, "allocation": args.allocation,
-                                         "growth_steps": args.growth_steps})
+                                         "growth_steps": args.growth_steps, "swap_every": args.swap_every})
                             for d in DENSITIES)]:
         start = time.perf_counter()
         post = uqkit.fit(spec(), (x, y), **options, **common)
@@ -237,10 +238,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--kl-scale", type=float, default=0.01, help="KL multiplier (the SSVI code's kl_scale)")
-    parser.add_argument("--allocation", choices=ALLOCATIONS, default="erk",
+    parser.add_argument("--allocation", choices=ALLOCATIONS, default=SparseSubspace.allocation,
                         help="what SSVI's density is a fraction of (uqkit.inference.ssvi.layer_budgets)")
-    parser.add_argument("--growth-steps", type=int, default=10,
-                        help="steps whose gradients SSVI sums to choose the coordinates it grows")
+    parser.add_argument("--growth-steps", type=int, default=SparseSubspace.growth_steps,
+                        help="steps whose gradients SSVI sums to choose the coordinates it grows "
+                             "(default: min(10, swap-every))")
+    parser.add_argument("--swap-every", type=int, default=SparseSubspace.swap_every,
+                        help="steps between SSVI's subspace updates (Delta T)")
     parser.add_argument("--draws", type=int, default=32, help="weight draws averaged at prediction")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)

@@ -3,8 +3,8 @@
 Both fit a 1 x 50 ReLU network (100 for protein) with the layer-wise Gaussian prior N(0, 1/fan_in)
 (biases N(0, 1)) and a learned noise level (a point estimate), on the full ELBO (KL scale 1, linear
 warm-up over the first half), 3000 Adam steps of batch 128 at lr 1e-2 with a cosine schedule, and
-predict with 64 weight draws. ``ssvi`` keeps 25% of the coordinates with the paper's subspace
-schedule; since a one-hidden-layer network's first layer holds most of its weights, the first layer
+predict with 64 weight draws. ``ssvi`` keeps 25% of the coordinates with the library's default
+subspace schedule (`uqkit.inference.ssvi.SparseSubspace`); since a one-hidden-layer network's first layer holds most of its weights, the first layer
 is masked too (``dense_first_layer=False``).
 
     python benchmarks/uci.py --method mfvi --dataset yacht --splits 5 --threads 1

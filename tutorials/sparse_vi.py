@@ -53,7 +53,7 @@ def main() -> None:
     options = {"num_steps": args.steps, "batch_size": 128, "lr": 1e-2, "kl_scale": 0.01, "progress": False}
     runs = {"dense VI": uqkit.fit(spec(), (x, y), engine="mfvi", **options)}
     for density in (0.2, 0.1, 0.05):
-        runs[f"SSVI {density}"] = uqkit.fit(spec(), (x, y), engine="ssvi", density=density, swap_every=50, **options)
+        runs[f"SSVI {density}"] = uqkit.fit(spec(), (x, y), engine="ssvi", density=density, **options)
 
     print(f"{'method':>10}  {'acc':>6}  {'nll':>6}  {'ece':>6}  {'active':>7}  {'train GFLOPs':>12}")
     rows = {}

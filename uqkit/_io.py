@@ -20,6 +20,7 @@ def save_tensors(path: str | Path, tensors: dict[str, Tensor], *, kind: str, met
     The temporary file is ``.<name>.<8 random characters>.tmp`` beside ``path``. A process killed while
     writing leaves one behind; the next successful write of the same ``path`` deletes such leftovers
     (only names of exactly that pattern; two processes writing one path at once are not supported).
+    The file gets the permissions of a plain ``open(path, "w")`` (0666 less the umask), not mkstemp's 0600.
     """
     from safetensors.torch import save
 
@@ -33,11 +34,19 @@ def save_tensors(path: str | Path, tensors: dict[str, Tensor], *, kind: str, met
             f.write(blob)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     _remove_stale_temp_files(path)
+
+
+def _umask() -> int:
+    """The process umask (read by setting it and restoring it at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _remove_stale_temp_files(path: Path) -> None:

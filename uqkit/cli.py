@@ -154,11 +154,16 @@ def pfn() -> None:
 @click.option("--seed", default=0, show_default=True, help="Seed of the data stream and initial weights.")
 @click.option("--data-shards", default=None, type=int,
               help="Draw each batch in this many seeded shards (default: the torchrun world size, else 1).")
+@click.option("--context-power", default=1.0, show_default=True,
+              help="Context sizes p drawn with weights ∝ (seq_len - p) ** -power: 1 equal query losses per size, 0 equal steps.")
+@click.option("--init-from", default=None, type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Start from this checkpoint's weights and borders (fine-tuning with a fresh schedule).")
 @click.option("--threads", default=1, show_default=True, help="torch intra-op threads.")
 @_user_errors
 def pfn_train(prior_name: str, steps: int, out: Path, resume: bool, batch_size: int, seq_len: int,
               max_context: int, lr: float, warmup: int, checkpoint_every: int, d_model: int, layers: int,
-              buckets: int, seed: int, data_shards: int | None, threads: int) -> None:
+              buckets: int, seed: int, data_shards: int | None, context_power: float, init_from: Path | None,
+              threads: int) -> None:
     """Train a PFN on a prior; checkpoints go to --out (resumable with --resume).
 
     Under ``torchrun --nproc_per_node=N uqkit pfn train ...`` the processes train one model with
@@ -178,9 +183,11 @@ def pfn_train(prior_name: str, steps: int, out: Path, resume: bool, batch_size: 
                       num_heads=4, num_layers=layers, d_ff=2 * d_model)
     shards = data_shards if data_shards is not None else int(os.environ.get("WORLD_SIZE", "1"))
     train = TrainConfig(steps=steps, batch_size=batch_size, seq_len=seq_len, max_context=max_context, lr=lr,
-                        warmup=warmup, checkpoint_every=checkpoint_every, seed=seed, data_shards=shards)
+                        warmup=warmup, checkpoint_every=checkpoint_every, seed=seed, data_shards=shards,
+                        context_power=context_power)
     command = "uqkit pfn train " + " ".join(sys.argv[3:] if sys.argv[1:3] == ["pfn", "train"] else sys.argv[1:])
-    result = train_pfn(simulator, out, train, model, resume=resume, num_buckets=buckets, command=command)
+    result = train_pfn(simulator, out, train, model, resume=resume, init_from=init_from, num_buckets=buckets,
+                       command=command)
     info = result.training_info
     if int(os.environ.get("RANK", "0")) == 0:
         click.echo(f"wrote {out}: {info['steps']} steps, {info['wall_time_s']} s, final loss {info['final_loss_ema']:.4f}")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -168,3 +171,28 @@ def test_bad_input(generator):
         cascade.fit(bad)
     with pytest.raises(ValueError, match="^members"):
         WindowCascade([MLP(2 * C, [4], C), MLP(2 * C, [4], C + 1)], operating_point="risk@80").fit(x_val)
+
+
+def test_benchmark_coverage_definitions_match_brute_force(generator, monkeypatch):
+    """bench_cascade's two cov@5 definitions: uqkit's largest coverage with risk <= 5%, and the reference
+    code's point whose risk is closest to 5% after the most confident 1% (both by direct numpy loops)."""
+    bench_dir = Path(__file__).resolve().parents[2] / "benchmarks"
+    monkeypatch.syspath_prepend(str(bench_dir))
+    spec = importlib.util.spec_from_file_location("uqkit_bench_cascade", bench_dir / "bench_cascade.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    n = 540
+    labels = torch.randint(0, C, (n,), generator=generator)
+    probs = torch.softmax(torch.randn(n, C, generator=generator) * 3, -1)
+    probs[: n // 2] = torch.nn.functional.one_hot(labels[: n // 2], C) * 0.5 + probs[: n // 2] * 0.5  # 80-90% right
+    confidence = probs.amax(-1)
+    largest, closest = bench.cov5(probs, confidence, labels)
+
+    conf, wrong = confidence.numpy(), (probs.argmax(-1) != labels).numpy()
+    order = np.argsort(-conf, kind="stable")
+    risk = np.array([wrong[order[: k + 1]].mean() for k in range(n)])  # no ties among continuous scores
+    skip = int(np.ceil(0.01 * n))
+    assert closest == pytest.approx(100 * (skip + np.argmin(np.abs(risk[skip:] - 0.05)) + 1) / n, rel=1e-12)
+    assert largest == pytest.approx(100 * max(k + 1 for k in range(n) if risk[k] <= 0.05) / n, rel=1e-12)
+    assert 0 < closest < 100 and 0 < largest < 100

@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 import pytest
+import scipy.special
+import scipy.stats
 import torch
 from torch import nn
 
@@ -50,8 +52,11 @@ def test_local_posterior_equals_conjugate_posterior(paper_form, covariance, gene
     episodes = _orthogonal_episodes(generator)
     k, scale = episodes.num_support, 2.0
     net = nn.Linear(3, 1, bias=False)
-    kwargs = {"inner_steps": 1, "inner_lr": NOISE**2 * k / scale**2} if paper_form else {"inner_steps": 0, "linear_term": True}
-    learner = NIWMeta(net, Gaussian(NOISE), straight_through=False, covariance=covariance, **kwargs)
+    if paper_form:
+        learner = NIWMeta.paper(net, Gaussian(NOISE), straight_through=False, covariance=covariance,
+                                inner_steps=1, inner_lr=NOISE**2 * k / scale**2)
+    else:
+        learner = NIWMeta(net, Gaussian(NOISE), covariance=covariance, curvature="diag")
     a = torch.randn(3, 3, generator=generator)
     scale = torch.rand(3, generator=generator) + 0.5 if covariance == "diag" else a @ a.T + torch.eye(3)
     q = NormalInverseWishart.create(torch.randn(3, generator=generator), 1.5, scale, 3.5)
@@ -192,16 +197,19 @@ def test_protonet_regression_is_kernel_weighted_prototype_regressor(generator):
 
 
 def test_predict_shapes_for_every_learner(generator):
-    episodes = SineLine().sample(3, 5, 4, generator=generator)
-    for learner, draws in ((NIWMeta(MLP(1, [8], 1), Gaussian(0.3)), 7), (MAML(MLP(1, [8], 1), Gaussian(0.3)), 1),
+    regression = SineLine().sample(3, 5, 4, generator=generator)
+    classification = Episodes(regression.support_x, regression.support_y.gt(0).long(), regression.query_x,
+                              regression.query_y.gt(0).long(), "classification", 2)
+    for learner, draws in ((NIWMeta.paper(MLP(1, [8], 1), Gaussian(0.3)), 7), (NIWMeta(MLP(1, [8], 1), Gaussian(0.3)), 1),
+                           (NIWMeta(MLP(1, [8], 2), Categorical()), 7), (MAML(MLP(1, [8], 1), Gaussian(0.3)), 1),
                            (ProtoNet(MLP(1, [8], 4), Gaussian(0.3)), 1)):
-        pred = learner.predict(episodes, num_samples=7, generator=generator)
-        assert pred.task == "regression" and pred.num_points == 12 and pred.num_draws == draws
+        pred = learner.predict(regression if learner.task == "regression" else classification, num_samples=7, generator=generator)
+        assert pred.task == learner.task and pred.num_points == 12 and pred.num_draws == draws
 
 
 def test_sgld_inner_steps_need_a_generator_and_add_noise(generator):
     episodes = SineLine().sample(2, 5, 4, generator=generator)
-    learner = NIWMeta(MLP(1, [8], 1), Gaussian(0.3), inner_noise=True)
+    learner = NIWMeta(MLP(1, [8], 1), Gaussian(0.3), inner_noise=True, inner_steps=3)
     with pytest.raises(ValueError, match="generator: required"):
         learner.quadratic_approximation(learner.q().loc, episodes)
     a = learner.quadratic_approximation(learner.q().loc, episodes, generator=torch.Generator().manual_seed(1))[0]
@@ -214,7 +222,8 @@ def test_short_meta_training_improves_query_nll():
     torch.manual_seed(0)
     tasks = SineLine()
     test = tasks.sample(100, 5, 10, generator=torch.Generator().manual_seed(1))
-    learner = NIWMeta(MLP(1, [16], 1), Gaussian(0.3, learn_noise=True), inner_steps=5, init_precision=1.0)
+    # The paper's form: its untrained local posterior barely adapts, so meta-training has much to gain.
+    learner = NIWMeta.paper(MLP(1, [16], 1), Gaussian(0.3, learn_noise=True), inner_steps=5, init_precision=1.0)
     gen = torch.Generator().manual_seed(0)
     before = regression_nll(learner.predict(test, generator=gen), test.flat_query_y())
     learner.fit(lambda b, g: tasks.sample(b, 5, 10, generator=g), num_iterations=100, meta_batch=4, lr=3e-3, generator=gen)
@@ -224,19 +233,104 @@ def test_short_meta_training_improves_query_nll():
 
 def test_factored_niw_learns_few_shot_digits_where_features_would_collapse():
     """100 meta-iterations of 5-way 1-shot digits (validation episodes of the training classes, separate
-    generator): the factored form with support gradients is far above chance (0.2)."""
+    generator): the default form (factored curvature, support gradients) is far above chance (0.2)."""
     torch.manual_seed(0)
     tasks = DigitsFewShot("train")
     val = tasks.sample(60, 1, 10, generator=torch.Generator().manual_seed(777))
     net = MLP(64, [64], 5, "relu")
-    learner = NIWMeta(net, Categorical(), curvature="factored", inner_steps=0, linear_term=True, straight_through=False,
-                      support_gradients=True, init_precision=0.1, adapted=["layers.2."])
+    learner = NIWMeta(net, Categorical(), init_precision=0.1, adapted=["layers.2."])  # the default (factored) form
     gen = torch.Generator().manual_seed(0)
     learner.fit(lambda b, g: tasks.sample(b, 1, 10, generator=g), num_iterations=100, meta_batch=8, lr=3e-3, generator=gen)
     probs = learner.predict(val, generator=gen).mixture_probs()
     accuracy = float((probs.argmax(-1) == val.flat_query_y()).double().mean())
     # 600 query points: chance 0.2 has a binomial standard error of 0.016.
     assert accuracy > 0.5, accuracy
+
+
+def _last_layer_learner(**kwargs: object) -> NIWMeta:
+    torch.manual_seed(0)
+    return NIWMeta(MLP(2, [4], 1), Gaussian(NOISE), adapted=["layers.2."], **kwargs)
+
+
+def _exact_last_layer_predictive(learner: NIWMeta, episodes: Episodes) -> tuple[np.ndarray, np.ndarray]:
+    """Bayesian linear regression on the body's features, in numpy: query predictive means and variances ``[B, Q]``."""
+    q = learner.q()
+    prior_prec = q.expected_precision().detach().numpy()
+    body = learner.flat.net.layers[:2]
+    means, variances = [], []
+    with torch.no_grad():
+        for i in range(len(episodes)):
+            fs, fq = (np.c_[body(x).numpy(), np.ones(len(x))] for x in (episodes.support_x[i], episodes.query_x[i]))
+            cov = np.linalg.inv(np.diag(prior_prec) + fs.T @ fs / NOISE**2)
+            mean = cov @ (fs.T @ episodes.support_y[i].numpy() / NOISE**2 + prior_prec * q.loc.detach().numpy())
+            means.append(fq @ mean)
+            variances.append(np.einsum("qp,pr,qr->q", fq, cov, fq) + NOISE**2)
+    return np.array(means), np.array(variances)
+
+
+def test_predictive_objective_is_the_exact_last_layer_predictive(generator):
+    """Gaussian likelihood, adapted last layer: `predict` and the training loss use the exact posterior predictive
+    ``N(phi^T m_i, phi^T V_i phi + s^2)``, checked against Bayesian linear regression in numpy and scipy's density."""
+    episodes = _linear_gaussian_episodes(generator, d=2)
+    learner = _last_layer_learner(init_precision=0.5)
+    want_mean, want_var = _exact_last_layer_predictive(learner, episodes)
+    pred = learner.predict(episodes, generator=generator)
+    np.testing.assert_allclose(pred.mean().numpy(), want_mean.reshape(-1), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(pred.variance().numpy(), want_var.reshape(-1), rtol=1e-9)
+    total = 50
+    loss = learner.loss(episodes, generator=generator, num_episodes_total=total)
+    query_nll = -scipy.stats.norm.logpdf(episodes.query_y.numpy(), want_mean, np.sqrt(want_var)).sum(-1).mean()
+    want = query_nll + float(learner.q().kl(learner.prior).detach()) / total  # kl_weight = 0 by default
+    assert loss.detach().item() == pytest.approx(want, rel=1e-10)
+    weighted = _last_layer_learner(init_precision=0.5, kl_weight=0.5)
+    with torch.no_grad():
+        local_kl = weighted.q().expected_gaussian_kl(*weighted.local_posterior(weighted.q(), episodes)).mean()
+    assert weighted.loss(episodes, generator=generator, num_episodes_total=total).detach().item() == pytest.approx(
+        want + 0.5 * local_kl.item(), rel=1e-10)
+
+
+def test_predictive_objective_by_draws_is_log_mean_predictive_probability(generator):
+    """Categorical likelihood: the query term is ``-sum_q log (1/S sum_s p(y_q | theta_s))`` over the same draws."""
+    torch.manual_seed(0)
+    learner = NIWMeta(MLP(3, [4], 3), Categorical(), train_samples=5, adapted=["layers.2."])
+    x = torch.randn(2, 6, 3, generator=generator)
+    y = torch.randint(0, 3, (2, 6), generator=generator)
+    episodes = Episodes(x[:, :3], y[:, :3], x[:, 3:], y[:, 3:], "classification", 3)
+    loss = learner.loss(episodes, generator=torch.Generator().manual_seed(4), num_episodes_total=10)
+    with torch.no_grad():
+        mean, post = learner.local_posterior(learner.q(), episodes)
+        thetas = learner._draws(mean, post, 5, torch.Generator().manual_seed(4))  # [S, B, P], the loss's draws
+        logits = np.stack([[learner.flat(thetas[s, b], episodes.query_x[b]).numpy() for b in range(2)] for s in range(5)])
+    log_p = scipy.special.log_softmax(logits, -1)  # [S, B, Q, C]
+    picked = np.take_along_axis(log_p, episodes.query_y.numpy()[None, :, :, None], -1)[..., 0]
+    query_nll = -(scipy.special.logsumexp(picked, axis=0) - np.log(5)).sum(-1).mean()
+    assert loss.detach().item() == pytest.approx(query_nll + float(learner.q().kl(learner.prior).detach()) / 10, rel=1e-10)
+
+
+def test_paper_form_settings_and_overrides():
+    learner = NIWMeta.paper(MLP(1, [4], 1), Gaussian(), inner_steps=5)
+    assert (learner.curvature, learner.query_objective, learner.kl_weight, learner.linear_term) == ("diag", "elbo", 1.0, False)
+    assert learner.straight_through and not learner.support_gradients and learner.inner_steps == 5
+    default = NIWMeta(MLP(1, [4], 1), Gaussian())
+    settings = (default.curvature, default.query_objective, default.kl_weight, default.inner_steps)
+    assert settings == ("factored", "predictive", 0.0, 0)
+    assert NIWMeta(MLP(1, [4], 1), Gaussian(), covariance="full").curvature == "full"
+
+
+def test_fit_with_validation_keeps_the_best_checkpoint(generator):
+    """Early stopping: the learner ends at the lowest validation NLL of the recorded curve."""
+    torch.manual_seed(0)
+    tasks = SineLine()
+    val = tasks.sample(20, 5, 5, generator=torch.Generator().manual_seed(5))
+    learner = NIWMeta(MLP(1, [8], 1), Gaussian(0.3, learn_noise=True), adapted=["layers.2."])
+    # A large step size makes the validation curve uneven, so the best checkpoint is usually not the last.
+    learner.fit(lambda b, g: tasks.sample(b, 5, 5, generator=g), num_iterations=25, meta_batch=4, lr=0.3,
+                generator=generator, validation=val, validate_every=10)
+    steps, nlls = zip(*learner.validation_curve)
+    assert steps == (10, 20, 25)
+    assert learner.validation_nll(val) == pytest.approx(min(nlls), rel=1e-12)
+    with pytest.raises(ValueError, match="^validate_every"):
+        learner.fit(lambda b, g: tasks.sample(b, 5, 5, generator=g), num_iterations=1, generator=generator, validate_every=0)
 
 
 # ------------------------------------------------------------------------------------ bad input
@@ -273,6 +367,8 @@ def test_learner_errors(generator):
         NIWMeta(MLP(1, [4], 1), Gaussian(), curvature_cap=0.0)
     with pytest.raises(ValueError, match="^curvature: expected 'diag', 'full' with covariance='full' or 'factored'"):
         NIWMeta(MLP(1, [4], 1), Gaussian(), covariance="full", curvature="factored")
+    with pytest.raises(ValueError, match="^query_objective"):
+        NIWMeta(MLP(1, [4], 1), Gaussian(), query_objective="marginal")
     with pytest.raises(ValueError, match="^init_dof"):
         NIWMeta(MLP(1, [4], 1), Gaussian(), init_dof=0.0)
     with pytest.raises(ValueError, match="prior: expected a diag NIW over"):
@@ -289,4 +385,5 @@ def test_full_covariance_niw_trains_and_predicts(generator):
     loss = learner.loss(episodes, generator=generator, num_episodes_total=100)
     loss.backward()
     assert math.isfinite(loss.item()) and all(p.grad is not None and torch.isfinite(p.grad).all() for p in learner.q.parameters())
-    assert learner.predict(episodes, num_samples=5, generator=generator).num_draws == 5
+    pred = learner.predict(episodes, num_samples=5, generator=generator)  # closed-form Gaussian predictive
+    assert pred.num_draws == 1 and bool((pred.variance() > learner.noise_std().detach() ** 2).all())

@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from uqkit.data.episodes import DigitsFewShot, SineLine
+from uqkit.data.episodes import DigitsFewShot, PrototypeFewShot, SineLine
 
 
 def test_sineline_tasks_are_sines_or_lines_in_range(generator):
@@ -56,6 +56,31 @@ def test_digits_episodes_use_their_split_classes(generator):
         assert eps.support_y[b].bincount().tolist() == [2] * 5
 
 
+def test_prototype_episodes_follow_the_stated_generator(generator):
+    """With almost no spread and no noise every example is the rendering of one prototype of its split: one
+    prototype per episode label, distinct across labels, and the splits' prototypes are disjoint."""
+    tasks = {split: PrototypeFewShot(split, spread=1e-9, noise_std=0.0) for split in ("train", "val", "test")}
+    assert [len(t.prototypes) for t in tasks.values()] == [64, 16, 20]
+    all_protos = torch.cat([t.prototypes for t in tasks.values()])
+    assert torch.cdist(all_protos, all_protos).add(torch.eye(100)).min() > 0.1
+    test = tasks["test"]
+    w1, b1, w2 = test.w1.numpy(), test.b1.numpy(), test.w2.numpy()
+    rendered = np.tanh(test.prototypes.numpy() @ w1 + b1) @ w2  # [20, F], independent of render()
+    eps = test.sample(6, 2, 3, generator=generator)
+    assert eps.support_x.shape == (6, 10, 32) and eps.query_x.shape == (6, 15, 32) and eps.num_classes == 5
+    for b in range(6):
+        xs = torch.cat([eps.support_x[b], eps.query_x[b]]).numpy()
+        ys = torch.cat([eps.support_y[b], eps.query_y[b]]).tolist()
+        dist = np.linalg.norm(xs[:, None] - rendered[None], axis=-1)
+        assert dist.min(1).max() < 1e-6
+        owner = dict(zip(ys, dist.argmin(1)))
+        assert all(owner[y] == k for y, k in zip(ys, dist.argmin(1))) and len(set(owner.values())) == 5
+    clean = PrototypeFewShot("test", noise_std=0.0).sample(100, 1, 1, generator=torch.Generator().manual_seed(3))
+    noisy = PrototypeFewShot("test", noise_std=0.5).sample(100, 1, 1, generator=torch.Generator().manual_seed(3))
+    resid = (noisy.support_x - clean.support_x).reshape(-1)  # same draws: only the feature noise differs
+    assert abs(resid.std().item() - 0.5) < 4 * 0.5 / np.sqrt(2 * (resid.numel() - 1))
+
+
 def test_generator_errors():
     with pytest.raises(ValueError, match="split"):
         DigitsFewShot("val")
@@ -63,3 +88,9 @@ def test_generator_errors():
         DigitsFewShot("train", num_ways=6)
     with pytest.raises(ValueError, match="num_support"):
         SineLine().sample(2, 0, 3, generator=torch.Generator())
+    with pytest.raises(ValueError, match="^split"):
+        PrototypeFewShot("validation")
+    with pytest.raises(ValueError, match="^num_ways"):
+        PrototypeFewShot("val", num_ways=17)
+    with pytest.raises(ValueError, match="^spread"):
+        PrototypeFewShot("train", spread=0.0)

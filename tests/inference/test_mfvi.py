@@ -21,6 +21,7 @@ from uqkit.inference.variational import (MeanFieldGaussian, gaussian_prior_varia
 from uqkit.models.likelihoods import Categorical, Gaussian
 from uqkit.models.linear import BayesianLinearRegression
 from uqkit.models.nets import MLP
+from uqkit.models.matched_priors import PerLayerGaussian, PerLayerHierarchicalGaussian
 from uqkit.models.priors import IsotropicGaussian, LayerwiseGaussian
 from uqkit.models.spec import ModelSpec
 
@@ -62,6 +63,26 @@ def test_closed_form_kl_matches_torch_distributions(generator):
         torch.distributions.Normal(mu[k], F.softplus(rho[k])),
         torch.distributions.Normal(0.0, math.sqrt(prior.variance(mu[k].shape)))).sum() for k in mu)
     torch.testing.assert_close(kl_to_gaussian_prior(q, gaussian_prior_variances(prior, mu)), expected)
+
+
+def test_per_layer_priors_get_the_closed_form_kl(generator):
+    """PerLayerGaussian N(0, scale_k^2 / fan_in) and PerLayerHierarchicalGaussian at sigma_k^2 = rate/shape (its
+    initial state) against torch.distributions with the variances written out by hand."""
+    mu = {"w": torch.randn(3, 4, generator=generator), "b": torch.randn(3, generator=generator)}
+    rho = {k: torch.randn(v.shape, generator=generator) for k, v in mu.items()}
+    q = MeanFieldGaussian(mu, rho)
+    by_hand = {"w": 1.7**2 / 4, "b": 0.4**2}
+    hierarchical_by_hand = {"w": (3.0 / 2.0) / 4, "b": 0.5 / 5.0}
+    priors = [(PerLayerGaussian({"w": 1.7, "b": 0.4}), by_hand),
+              (PerLayerHierarchicalGaussian(shapes={"w": 2.0, "b": 5.0}, rates={"w": 3.0, "b": 0.5}),
+               hierarchical_by_hand)]
+    for prior, variances in priors:
+        expected = sum(torch.distributions.kl_divergence(
+            torch.distributions.Normal(mu[k], F.softplus(rho[k])),
+            torch.distributions.Normal(0.0, math.sqrt(variances[k]))).sum() for k in mu)
+        prior_var = gaussian_prior_variances(prior, mu)
+        assert prior_var is not None
+        torch.testing.assert_close(kl_to_gaussian_prior(q, prior_var), expected)
 
 
 @pytest.mark.parametrize("kind", ["linear", "conv"])

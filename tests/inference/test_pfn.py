@@ -104,6 +104,22 @@ def test_schedule_and_context_weights():
     w = context_weights(cfg)
     assert w.shape == (21,) and float(w.sum()) == pytest.approx(1.0)
     assert float(w[20] / w[0]) == pytest.approx(30 / 10)
+    uniform = context_weights(TrainConfig(steps=100, seq_len=30, max_context=20, context_power=0.0))
+    torch.testing.assert_close(uniform, torch.full((21,), 1 / 21, dtype=torch.float64))
+
+
+def test_fine_tuning_starts_from_the_checkpoint_weights(trained, tmp_path):
+    pfn, path = trained
+    cfg = TrainConfig(steps=2, batch_size=4, seq_len=30, max_context=20, lr=0.0, warmup=1, seed=5)
+    # a zero learning rate leaves the copied weights and borders untouched
+    tuned = train_pfn(PRIOR, tmp_path / "ft.safetensors", cfg, TINY, init_from=path, progress=False)
+    for (name, a), (_, b) in zip(pfn.net.state_dict().items(), tuned.net.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert torch.equal(tuned.borders, pfn.borders) and tuned.training_info["init_from"] == str(path)
+    assert PFN.load(tmp_path / "ft.safetensors").training_info["steps"] == 2
+    other = GPSimulator(lengthscale=0.5, outputscale=1.0, noise=0.01)
+    with pytest.raises(ValueError, match="init_from: the checkpoint's prior"):
+        train_pfn(other, tmp_path / "bad.safetensors", cfg, TINY, init_from=path, progress=False)
 
 
 def test_classification_variant_trains_and_predicts(tmp_path):
@@ -167,6 +183,11 @@ def test_cli_train_and_errors(tmp_path):
     result = runner.invoke(main, args)
     assert result.exit_code == 0, result.output
     assert PFN.load(out).training_info["steps"] == 2
+    tuned = tmp_path / "tuned.safetensors"
+    result = runner.invoke(main, [*args[:7], str(tuned), *args[8:], "--init-from", str(out), "--context-power", "0"])
+    assert result.exit_code == 0, result.output
+    assert PFN.load(tuned).training_info["init_from"] == str(out)
+    assert torch.equal(PFN.load(tuned).borders, PFN.load(out).borders)
     bad = runner.invoke(main, ["pfn", "train", "--prior", "nope", "--steps", "2", "--out", str(out)])
     assert bad.exit_code == 2 and "error: prior: expected one of" in bad.output
     foreign = tmp_path / "f.safetensors"

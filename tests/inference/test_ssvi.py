@@ -70,7 +70,7 @@ def test_budgets_are_exact_and_keep_the_first_layer_dense():
     layers = [Layer("a", "a.weight", "a.bias", 1), Layer("b", "b.weight", "b.bias", 1), Layer("c", "c.weight", None, 1)]
     shapes = {"a.weight": (10, 4), "a.bias": (10,), "b.weight": (100, 10), "b.bias": (100,), "c.weight": (333, 1)}
     sizes = {k: math.prod(v) for k, v in shapes.items()}
-    budgets = layer_budgets(layers, shapes, 0.2, dense_first_layer=True)
+    budgets = layer_budgets(layers, shapes, 0.2, dense_first_layer=True, allocation="model")
     assert set(budgets) == {"b.weight", "c.weight"}
     assert sum(budgets.values()) + 40 + 10 + 100 == round(0.2 * sum(sizes.values()))
     assert budgets["b.weight"] / 1000 == pytest.approx(budgets["c.weight"] / 333, abs=0.01)  # uniform density
@@ -104,7 +104,7 @@ def test_erk_budgets_follow_the_erdos_renyi_kernel_rule():
 def _subspace_and_q(generator, density=0.3):
     spec = _spec()
     x, _ = _data(generator)
-    subspace = SparseSubspace(density, num_steps=400, swap_every=10)
+    subspace = SparseSubspace(density, num_steps=400, swap_every=10, growth_steps=1)
     layers = linear_layers(spec, spec.param_template(), x[:1])
     masks = subspace.initial_masks(spec, layers, generator=generator)
     q = MeanFieldGaussian.init(spec, init_std=0.05, generator=generator, masks=masks)
@@ -115,20 +115,35 @@ def _subspace_and_q(generator, density=0.3):
 
 
 def test_swap_drops_lowest_scores_and_grows_largest_gradients(generator):
+    """Drop D = the n lowest removal scores, keep K = active minus D, grow G = the n largest |gradients| outside
+    K (dropped ones included): new mask K | G; new coordinates start at mu 0 and K's mean rho, regrown ones keep
+    theirs."""
     _, subspace, q = _subspace_and_q(generator)
     name = "layers.2.weight"
-    before = q.masks[name].clone()
-    mu, std, grad = q.mu[name].clone(), F.softplus(q.rho[name]), q.mu[name].grad.abs()
-    assert subspace.update(10, q)
+    before = q.masks[name].clone().reshape(-1)
+    mu, rho = q.mu[name].clone().reshape(-1), q.rho[name].clone().reshape(-1)
     n_swap = math.floor(swap_fraction(10, alpha=0.3, end_step=300) * int(before.sum()))
-    score = removal_score(mu, std)
-    dropped, grown = before & ~q.masks[name], ~before & q.masks[name]
-    assert int(dropped.sum()) == int(grown.sum()) == n_swap > 0
-    assert score[dropped].max() <= score[before & q.masks[name]].min()  # the kept ones scored higher
-    assert grad[grown].min() >= grad[~before & ~q.masks[name]].max()  # the grown had the largest gradients
-    assert (q.mu[name][dropped | grown] == 0).all()
-    kept = before & q.masks[name]
-    torch.testing.assert_close(q.rho[name][grown], torch.full((n_swap,), float(q.rho[name][kept].mean())))
+    active = before.nonzero().squeeze(-1).numpy()
+    score = removal_score(mu, F.softplus(rho)).numpy()
+    dropped = active[np.argsort(score[active], kind="stable")[:n_swap]]
+    kept = before.clone()
+    kept[dropped] = False
+    grad = q.mu[name].grad.reshape(-1)
+    grad[dropped[:2]] = 100.0  # two dropped coordinates have the largest gradients: they come straight back
+    outside = (~kept).nonzero().squeeze(-1).numpy()
+    grown = outside[np.argsort(-grad.abs().numpy()[outside], kind="stable")[:n_swap]]
+    expected = kept.clone()
+    expected[grown] = True
+    assert subspace.update(10, q)
+    after, mu_after, rho_after = q.masks[name].reshape(-1), q.mu[name].reshape(-1), q.rho[name].reshape(-1)
+    assert torch.equal(after, expected) and int(after.sum()) == int(before.sum()) and n_swap > 2
+    new = after & ~before
+    assert (mu_after[new] == 0).all()
+    torch.testing.assert_close(rho_after[new], torch.full((int(new.sum()),), float(rho[kept].mean())))
+    regrown = torch.from_numpy(dropped[:2])
+    assert torch.equal(mu_after[regrown], mu[regrown]) and torch.equal(rho_after[regrown], rho[regrown])
+    assert (mu_after[before & ~after] == 0).all()
+    assert torch.equal(mu_after[kept], mu[kept])
 
 
 def test_growth_sums_the_gradients_of_the_last_growth_steps(generator):
@@ -150,6 +165,41 @@ def test_growth_sums_the_gradients_of_the_last_growth_steps(generator):
     assert total.abs()[grown].min() >= total.abs()[idle].max()
     with pytest.raises(ValueError, match="^growth_steps: expected at most swap_every"):
         SparseSubspace(0.3, num_steps=400, swap_every=10, growth_steps=11)
+    # by default ten steps, fewer when the updates come more often
+    assert SparseSubspace(0.3, num_steps=400).growth_steps == 10
+    assert SparseSubspace(0.3, num_steps=400, swap_every=4).growth_steps == 4
+
+
+def test_optimizer_reset_zeroes_the_moments_of_dropped_coordinates_only(generator):
+    """After a swap Adam's moments are 0 at every inactive coordinate (the dropped ones lose theirs, as the SSVI
+    code masks its momentum buffers); active coordinates and dense tensors keep theirs."""
+    spec, subspace, q = _subspace_and_q(generator)
+    leaves = q.leaves()
+    for t in leaves:
+        t.requires_grad_(True)
+        t.grad = torch.randn(t.shape, generator=generator)
+    for k in q.masks:  # as in the loop: no gradient at inactive coordinates
+        q.rho[k].grad.mul_(q.mask_weight(k))
+        q.mu[k].grad.mul_(q.mask_weight(k))
+    optimizer = torch.optim.Adam(leaves, lr=1e-2)
+    optimizer.step()
+    for k in q.masks:
+        q.mu[k].grad = torch.randn(q.mu[k].shape, generator=generator)  # the dense growth gradient
+    before = {k: m.clone() for k, m in q.masks.items()}
+    moments = {id(t): {key: optimizer.state[t][key].clone() for key in ("exp_avg", "exp_avg_sq")} for t in leaves}
+    assert subspace.update(10, q)
+    subspace.reset_optimizer(optimizer, q)
+    assert any((before[k] & ~q.masks[k]).any() for k in q.masks)
+    for t in leaves:
+        name = next((k for k in q.masks if t is q.mu[k] or t is q.rho[k]), None)
+        for key, old in moments[id(t)].items():
+            new = optimizer.state[t][key]
+            if name is None:
+                assert torch.equal(new, old)  # dense tensors keep their moments
+            else:
+                mask = q.masks[name]
+                assert (new[~mask] == 0).all() and (old[before[name] & ~mask] != 0).all()
+                assert torch.equal(new[mask], old[mask])
 
 
 @pytest.mark.parametrize("allocation", ["model", "erk"])
@@ -207,7 +257,7 @@ def test_sparse_training_counts_fewer_flops(generator):
     data = _data(generator)
     dense = uqkit.fit(spec, data, engine="mfvi", num_steps=40, batch_size=20, progress=False)
     sparse = uqkit.fit(spec, data, engine="ssvi", density=0.25, num_steps=40, batch_size=20, swap_every=10,
-                       progress=False)
+                       growth_steps=1, progress=False)
     assert sparse.meta["train_flops"] < 0.5 * dense.meta["train_flops"]
     assert sparse.meta["inference_flops"] < dense.meta["inference_flops"]
     # update steps and the growth_steps - 1 steps before each take the weight gradient densely

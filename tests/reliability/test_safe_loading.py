@@ -164,3 +164,19 @@ def test_save_is_atomic_and_synced(tmp_path, monkeypatch) -> None:
         Posterior(draws=torch.ones(1, 2, 3)).save(target)
     assert torch.equal(Posterior.load(target).draws, torch.zeros(1, 2, 3))
     assert [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
+def test_saved_files_get_the_umask_permissions_of_a_plain_open(tmp_path) -> None:
+    """mkstemp's owner-only 0600 must not leak onto saved files (shipped checkpoints must be readable)."""
+    import os
+    import stat
+
+    old = os.umask(0o027)
+    try:
+        target = tmp_path / "post.safetensors"
+        Posterior(draws=torch.zeros(1, 2, 3)).save(target)
+        plain = tmp_path / "plain.bin"
+        plain.write_bytes(b"")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(target.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode) == 0o640

@@ -98,7 +98,7 @@ def test_wrap_rejects_bad_models_methods_and_options(classifier):
         wrap(classifier, "dropout")
     with pytest.raises(TypeError, match="^options: method 'laplace' takes no option 'num_epochs'"):
         wrap(classifier, "laplace", num_epochs=3)
-    with pytest.raises(ValueError, match="^link_approx: expected one of 'probit', 'mc'"):
+    with pytest.raises(ValueError, match="^link_approx: expected one of 'scaled', 'probit', 'mc'"):
         wrap(classifier, "laplace", link_approx="sampling")
     with pytest.raises(ValueError, match="^prior_precision: expected a number > 0 or 'evidence'"):
         wrap(classifier, "laplace", prior_precision="marglik")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
+from scipy import stats
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -68,6 +70,24 @@ def test_conv_cap_on_images_and_ood_score_is_mean_variance(generator):
     assert cap.ood_score(torch.rand(3, 2, 7, 6, generator=generator)).shape == (3,)
     with pytest.raises(ValueError, match=r"^model: output of shape \(3, 1, 5, 5\) does not match the cap's expected shape \[N, 2, H, W\]"):
         cap(torch.rand(3, 1, 5, 5, generator=generator))
+
+
+def test_ood_score_variants_against_scipy_gennorm_variance(generator, tmp_path):
+    """Paper score: mean over a sample's elements of the GGD variance; variant: their quantile. Both from the
+    cap's (alpha, beta) through scipy's gennorm variance and numpy's mean / quantile (linear interpolation)."""
+    images = torch.rand(30, 1, 4, 4, generator=generator)
+    targets = images + 0.1 * torch.randn(images.shape, generator=generator)
+    mean_cap = wrap(nn.Identity(), "bayescap", **FAST).fit(images, targets)
+    _, alpha, beta = (t.detach().reshape(30, -1).numpy() for t in mean_cap.cap_outputs(images))
+    variance = stats.gennorm.var(beta, scale=alpha)
+    np.testing.assert_allclose(mean_cap.ood_score(images).numpy(), variance.mean(-1), rtol=1e-10)
+    for q in (0.0, 0.9, 1.0):
+        cap = wrap(nn.Identity(), "bayescap", ood_quantile=q, **FAST).fit(images, targets)  # same seed, same cap
+        np.testing.assert_allclose(cap.ood_score(images).numpy(), np.quantile(variance, q, axis=-1), rtol=1e-10)
+    cap.save(tmp_path / "cap.safetensors")
+    assert BayesCap.load(tmp_path / "cap.safetensors", nn.Identity()).ood_quantile == 1.0
+    with pytest.raises(ValueError, match=r"^ood_quantile: expected a fraction in \[0, 1\], got 1.5"):
+        wrap(nn.Identity(), "bayescap", ood_quantile=1.5)
 
 
 def test_shape_errors(generator):

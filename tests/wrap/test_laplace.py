@@ -78,21 +78,45 @@ def test_evidence_prior_precision_maximises_the_log_evidence(classifier, blobs):
     assert evidence_prior_precision(torch.linalg.eigvalsh(hessian), theta) == pytest.approx(float(la.prior_precision_), rel=1e-9)
 
 
+def _exact_logit_covariance(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_new: torch.Tensor, prior_precision: float):
+    """``[N, C, C]`` GLM logit covariance ``J Sigma J^T``: posterior covariance by inversion, autograd Jacobians."""
+    theta = _last_layer_theta(model)
+    sigma = torch.linalg.inv(_exact_hessian(model, x, y) + prior_precision * torch.eye(theta.numel()))
+    jac = torch.autograd.functional.jacobian(lambda t: _logits_at(model, t.reshape(theta.shape), x_new), theta.flatten())
+    return jac @ sigma @ jac.transpose(1, 2)
+
+
 def test_glm_probit_predictive_against_jacobians_and_full_covariance(classifier, blobs, generator):
     x, y = blobs
-    la = LastLayerLaplace(classifier, prior_precision=0.5).fit(x, y)
-    theta = _last_layer_theta(classifier)
+    la = LastLayerLaplace(classifier, prior_precision=0.5, link_approx="probit").fit(x, y)
     x_new = torch.randn(15, x.shape[1], generator=generator) * 3
-    # Exact: posterior covariance by inversion, logit covariance J Sigma J^T with autograd Jacobians.
-    sigma = torch.linalg.inv(_exact_hessian(classifier, x, y) + 0.5 * torch.eye(theta.numel()))
-    jac = torch.autograd.functional.jacobian(lambda t: _logits_at(classifier, t.reshape(theta.shape), x_new), theta.flatten())
-    logit_cov = jac @ sigma @ jac.transpose(1, 2)
+    logit_cov = _exact_logit_covariance(classifier, x, y, x_new, 0.5)
     torch.testing.assert_close(la.logit_covariance(classifier[:4](x_new)), logit_cov, rtol=1e-9, atol=1e-12)
     logits = classifier(x_new)
     kappa = 1 / torch.sqrt(1 + math.pi / 8 * logit_cov.diagonal(dim1=1, dim2=2))
     out = la(x_new)
     assert torch.equal(out.output, logits)
     torch.testing.assert_close(out.predictive.mixture_probs(), torch.softmax(kappa * logits, -1), rtol=1e-9, atol=1e-12)
+
+
+def test_default_scaled_predictive_is_direct_and_keeps_every_predicted_class(classifier, blobs, generator):
+    """Default link: all logits of a point divided by sqrt(1 + pi/8 * mean logit variance), computed in numpy from the
+    exact covariance; near and far inputs (where logit variances differ most), moderate and very wide posteriors."""
+    x, y = blobs
+    x_new = torch.randn(400, x.shape[1], generator=generator) * torch.tensor([3.0, 10.0, 30.0, 100.0]).repeat(100)[:, None]
+    logits = classifier(x_new).detach().numpy()
+    frozen_class = logits.argmax(-1)
+    for prior_precision in (0.5, 1e-3):
+        la = LastLayerLaplace(classifier, prior_precision=prior_precision).fit(x, y)
+        assert la.link_approx == "scaled"
+        cov = _exact_logit_covariance(classifier, x, y, x_new, prior_precision).numpy()
+        mean_var = np.trace(cov, axis1=1, axis2=2) / cov.shape[1]
+        scaled = logits / np.sqrt(1 + np.pi / 8 * mean_var)[:, None]
+        expected = np.exp(scaled - scaled.max(-1, keepdims=True))
+        expected /= expected.sum(-1, keepdims=True)
+        probs = la(x_new).predictive.mixture_probs().numpy()
+        np.testing.assert_allclose(probs, expected, rtol=1e-9, atol=1e-12)
+        np.testing.assert_array_equal(probs.argmax(-1), frozen_class)
 
 
 def test_mc_predictive_matches_sampling_last_layer_weights(classifier, blobs, generator):

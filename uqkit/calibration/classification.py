@@ -115,6 +115,33 @@ def ece_from_top_label(conf: Tensor, correct: Tensor, *, num_bins: int, norm: st
     return (gap[full] / count[full]).max()
 
 
+def debiased_squared_ece(probs: object, labels: object, *, num_bins: int = 15) -> Tensor:
+    """Unbiased estimate of the binned squared top-label calibration error (Kumar et al., NeurIPS 2019, sec. 5).
+
+    With the equal-width bins of `ece`, ``n_b`` points, accuracy ``a_b`` and mean confidence ``c_b`` in
+    bin ``b`` of ``N`` points:
+
+        sum_b n_b / N * [(a_b - c_b)^2 - a_b (1 - a_b) / (n_b - 1)]
+
+    The subtracted term removes the expected ``Var(a_b)`` that inflates the plain ``(a_b - c_b)^2``, which
+    makes the ECE of a small test set large even for a calibrated model. The estimate can be negative
+    (its square root, where positive, is a debiased l2-ECE); a bin holding one point keeps its plain term
+    (its variance cannot be estimated), so such bins still bias it upwards.
+
+    Args:
+        probs: ``[N, C]`` class probabilities.
+        labels: ``[N]`` integer labels.
+        num_bins: number of equal-width bins.
+    """
+    num_bins = check_num_bins(num_bins)
+    conf, correct = top_label(probs, labels)
+    _, count, hits, conf_sum = _binned(conf, correct, num_bins, "width")
+    full = count > 0
+    acc, mean_conf, n = hits[full] / count[full], conf_sum[full] / count[full], count[full]
+    variance = torch.where(n > 1, acc * (1 - acc) / (n - 1).clamp_min(1), torch.zeros_like(acc))
+    return (n * ((acc - mean_conf) ** 2 - variance)).sum() / conf.numel()
+
+
 def mce(probs: object, labels: object, *, num_bins: int = 15) -> Tensor:
     """Maximum calibration error over non-empty equal-width bins: ``ece(..., norm="max")``."""
     return ece(probs, labels, num_bins=num_bins, norm="max")

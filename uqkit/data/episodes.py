@@ -9,6 +9,12 @@
 * `DigitsFewShot`: N-way K-shot classification from scikit-learn's bundled 8x8 digits (1797 images,
   pixels scaled to [0, 1]), with disjoint class sets for meta-training (digits 0-4) and testing
   (digits 5-9); labels are permuted at random within each episode.
+* `PrototypeFewShot`: N-way K-shot classification from a stated generator with many classes (so that
+  meta-validation can use classes of its own): a fixed random renderer ``g(z) = tanh(z W1 + b1) W2``
+  maps latent points to features, class ``k`` has a prototype ``c_k ~ N(0, I)`` in the latent space,
+  and an example of class ``k`` is ``g(c_k + spread e) + noise_std e'`` (``e, e'`` standard normal).
+  Classes 0-63 are for meta-training, 64-79 for meta-validation and 80-99 for testing (the
+  64/16/20 class counts of miniImageNet, Ravi & Larochelle 2017).
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from uqkit._checks import check_float, check_labels
+from uqkit._checks import check_float, check_labels, check_positive
 
 Task = str  # "regression" or "classification"
 
@@ -204,6 +210,62 @@ class DigitsFewShot:
             qy.append(y[:, num_shots:].reshape(-1))
         return Episodes(torch.stack(sx), torch.stack(sy), torch.stack(qx), torch.stack(qy), "classification",
                         self.num_ways)
+
+
+class PrototypeFewShot:
+    """N-way K-shot episodes from the prototype generator of the module docstring, with a class split.
+
+    Args:
+        split: "train" (classes 0-63), "val" (64-79) or "test" (80-99).
+        num_ways: classes per episode (2..16).
+        latent: dimension of the latent space.
+        features: dimension of the inputs.
+        hidden: width of the renderer's tanh layer.
+        spread: standard deviation of an example around its class prototype, latent units.
+        noise_std: standard deviation of the feature noise.
+        seed: seed of the renderer and of the 100 prototypes (the same for every split).
+    """
+
+    SPLITS = {"train": range(0, 64), "val": range(64, 80), "test": range(80, 100)}
+
+    def __init__(self, split: str = "train", num_ways: int = 5, *, latent: int = 8, features: int = 32,
+                 hidden: int = 32, spread: float = 1.0, noise_std: float = 0.1, seed: int = 0) -> None:
+        if split not in self.SPLITS:
+            raise ValueError(f"split: expected one of {sorted(self.SPLITS)}, got {split!r}")
+        if not isinstance(num_ways, int) or not 2 <= num_ways <= 16:
+            raise ValueError(f"num_ways: expected an integer in 2..16, got {num_ways!r}")
+        _check_counts(latent=latent, features=features, hidden=hidden)
+        self.spread, self.noise_std = check_positive(spread, "spread"), check_positive(noise_std, "noise_std", allow_zero=True)
+        gen = torch.Generator().manual_seed(seed)
+        dtype = torch.get_default_dtype()
+        self.w1 = torch.randn(latent, hidden, generator=gen, dtype=dtype) / math.sqrt(latent)
+        self.b1 = 0.5 * torch.randn(hidden, generator=gen, dtype=dtype)
+        self.w2 = torch.randn(hidden, features, generator=gen, dtype=dtype) / math.sqrt(hidden)
+        prototypes = torch.randn(100, latent, generator=gen, dtype=dtype)
+        self.prototypes = prototypes[self.SPLITS[split].start:self.SPLITS[split].stop]
+        self.num_ways = num_ways
+
+    @property
+    def num_features(self) -> int:
+        return self.w2.shape[1]
+
+    def render(self, z: Tensor) -> Tensor:
+        """Noise-free features ``g(z)`` ``[..., features]`` of latent points ``z [..., latent]``."""
+        return torch.tanh(z @ self.w1 + self.b1) @ self.w2
+
+    def sample(self, num_episodes: int, num_shots: int, num_query: int, *, generator: torch.Generator) -> Episodes:
+        """``num_episodes`` episodes with ``num_shots`` support and ``num_query`` query examples per class."""
+        _check_counts(num_episodes=num_episodes, num_support=num_shots, num_query=num_query)
+        b, w, n = num_episodes, self.num_ways, num_shots + num_query
+        dtype = self.w1.dtype
+        chosen = torch.rand(b, len(self.prototypes), generator=generator, dtype=dtype).argsort(-1)[:, :w]  # [B, W]
+        spread = self.spread * torch.randn(b, w, n, self.w1.shape[0], generator=generator, dtype=dtype)
+        z = self.prototypes[chosen].unsqueeze(2) + spread
+        x = self.render(z) + self.noise_std * torch.randn(b, w, n, self.num_features, generator=generator, dtype=dtype)
+        y = torch.arange(w).view(1, w, 1).expand(b, w, n)
+        return Episodes(x[:, :, :num_shots].reshape(b, -1, self.num_features), y[:, :, :num_shots].reshape(b, -1),
+                        x[:, :, num_shots:].reshape(b, -1, self.num_features), y[:, :, num_shots:].reshape(b, -1),
+                        "classification", w)
 
 
 def _check_counts(**counts: int) -> None:

@@ -71,6 +71,12 @@ def operating_threshold(scores: Tensor, operating_point: str, correct: Tensor | 
         operating_point: "cov@R" (largest coverage with selective risk <= R%; needs ``correct``),
             "risk@C" (coverage C%) or "tpr@T" (T% of ID points accepted, the FPR@T point).
         correct: ``[N]`` bool, whether each validation prediction is right (for "cov@R").
+
+    The reference code takes for "cov@R" the point whose risk is *closest* to R% (skipping the 500
+    most confident of 50,000 ImageNet validation points). uqkit takes the largest coverage with risk
+    <= R%, the definition of `uqkit.calibration.selective.coverage_at_risk`, so that ``tau`` matches the
+    metric it is judged by. On a few hundred points it is also far steadier: over 100 noisy-digits
+    splits (539 validation points) its percentile varies with s.d. 6 points, the closest rule's 17.
     """
     kind, value = _parse_operating_point(operating_point)
     if kind == "cov":

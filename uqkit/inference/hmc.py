@@ -20,9 +20,9 @@ from torch import Tensor
 
 from uqkit._checks import check_level, check_positive
 from uqkit.inference.adaptation import WarmupState, restart_step_size, warmup_init, warmup_update
+from uqkit.inference.traced import LogDensity, value_and_grad
 from uqkit.registry import register_engine
 
-LogDensity = Callable[[Tensor], Tensor]
 
 #: A transition whose energy error exceeds this is divergent (Stan's and BlackJAX's threshold).
 MAX_ENERGY_ERROR = 1000.0
@@ -69,26 +69,6 @@ class HMCInfo:
     energy: Tensor
     step_size: Tensor
     tree_depth: Tensor | None = None
-
-
-def value_and_grad(log_density: LogDensity, position: Tensor) -> tuple[Tensor, Tensor]:
-    """Log density ``[C]`` and its gradient ``[C, D]`` at ``position [C, D]``, all chains in one call.
-
-    The backward pass goes straight to the autograd engine (what `torch.autograd.grad` does after its
-    argument checks, which cost more than a small model's whole backward); the result is identical.
-    """
-    with torch.enable_grad():
-        z = position.detach().requires_grad_(True)
-        value = log_density(z)
-        ones = torch.ones_like(value)
-        if _run_backward is None:
-            (grad,) = torch.autograd.grad(value, z, ones)
-        else:
-            (grad,) = _run_backward((value,), (ones,), False, False, (z,), False, False)
-    return value.detach(), grad
-
-
-_run_backward = getattr(getattr(torch.autograd.Variable, "_execution_engine", None), "run_backward", None)
 
 
 def velocity_fn(inverse_mass: Tensor) -> Callable[[Tensor], Tensor]:

@@ -104,6 +104,10 @@ class Subspace(Protocol):
         """Update the masks (and q) in place from the dense gradients; True if this step was an update step."""
         ...
 
+    def reset_optimizer(self, optimizer: torch.optim.Optimizer, q: MeanFieldGaussian) -> None:
+        """Reset the optimiser's moments after an update (in place)."""
+        ...
+
     def report(self) -> dict[str, Any]:
         """JSON-serialisable facts for the posterior's meta (configuration, swap log)."""
         ...
@@ -168,7 +172,8 @@ def variational_posterior(spec: ModelSpec, q: MeanFieldGaussian, *, num_draws: i
         draws = q.sample(num_draws, generator=torch.Generator().manual_seed(seed))
     meta = {**meta, "num_draws": num_draws, "predict_seed": seed}
     return VariationalPosterior(draws={k: v.unsqueeze(0) for k, v in draws.items()}, sample_stats={},
-                                predict_fn=lambda x: spec.predict(draws, check_float(x, "x").to(spec.dtype)), meta=meta, family=q)
+                                predict_fn=lambda x: spec.predict(draws, check_float(x, "x").to(spec.dtype)),
+                                meta=meta, family=q)
 
 
 def fit_mfvi(spec: ModelSpec, data: tuple[Tensor, Tensor], *, num_steps: int = VIConfig.num_steps,
@@ -216,7 +221,8 @@ def fit_variational(spec: ModelSpec, data: tuple[Tensor, Tensor], config: VIConf
     prior_var = gaussian_prior_variances(spec.prior, q.mu)
     if subspace is not None and prior_var is None:
         raise ValueError(f"prior: {engine} needs a prior that is Gaussian per coordinate (IsotropicGaussian, "
-                         f"LayerwiseGaussian, HierarchicalLayerwiseGaussian) so the KL counts active coordinates only; "
+                         f"LayerwiseGaussian, PerLayerGaussian, HierarchicalLayerwiseGaussian, "
+                         f"PerLayerHierarchicalGaussian) so the KL counts active coordinates only; "
                          f"got {type(spec.prior).__name__}")
     leaves = q.leaves()
     for t in leaves:
@@ -244,7 +250,7 @@ def fit_variational(spec: ModelSpec, data: tuple[Tensor, Tensor], config: VIConf
             loss.backward()
             losses.append(float(loss.detach()))
             if subspace is not None and subspace.update(step, q):
-                optimizer.state.clear()  # the paper resets the optimiser's moments after every subspace update
+                subspace.reset_optimizer(optimizer, q)
                 update_steps += 1
             else:
                 _masked_step(optimizer, q)

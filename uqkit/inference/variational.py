@@ -14,7 +14,8 @@ forward hook on each such layer that adds the noise term (the convolution's vari
 layer's own ``_conv_forward`` on ``x^2``).
 
 The KL to the prior is closed form when the prior is Gaussian per coordinate (`IsotropicGaussian`,
-`LayerwiseGaussian`, and `HierarchicalLayerwiseGaussian` at its current variances)::
+`LayerwiseGaussian`, `PerLayerGaussian`, and `HierarchicalLayerwiseGaussian` and
+`PerLayerHierarchicalGaussian` at their current variances)::
 
     KL(N(mu, s^2) || N(0, v)) = 0.5 * (log(v / s^2) + (s^2 + mu^2) / v - 1),
 
@@ -34,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from uqkit.models.likelihoods import PREFIX
+from uqkit.models.matched_priors import PerLayerGaussian, PerLayerHierarchicalGaussian
 from uqkit.models.priors import HierarchicalLayerwiseGaussian, IsotropicGaussian, LayerwiseGaussian, Prior, fan_in
 from uqkit.models.spec import Batch, ModelSpec
 
@@ -145,7 +147,9 @@ def gaussian_prior_variances(prior: Prior, template: Params) -> dict[str, Tensor
         return dict.fromkeys(template, float(prior.scale) ** 2)
     if isinstance(prior, LayerwiseGaussian):
         return {k: prior.variance(t.shape) for k, t in template.items()}
-    if isinstance(prior, HierarchicalLayerwiseGaussian):
+    if isinstance(prior, PerLayerGaussian):
+        return {k: prior.variance(k, t.shape) for k, t in template.items()}
+    if isinstance(prior, HierarchicalLayerwiseGaussian | PerLayerHierarchicalGaussian):
         return {k: prior.variance(k, t) for k, t in template.items()}
     return None
 

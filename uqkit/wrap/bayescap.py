@@ -7,7 +7,8 @@ per output element and is trained with
 
 averaged over elements (the paper's power form; ``ggd_residual="linear"`` uses the released code's
 ``|mu - y| / alpha * beta``, clamped to ``RESIDUAL_CLAMP`` as there). The uncertainty is the GGD variance
-``alpha^2 Gamma(3/beta) / Gamma(1/beta)`` per element; its per-sample mean is the OOD score.
+``alpha^2 Gamma(3/beta) / Gamma(1/beta)`` per element; its per-sample mean is the OOD score (the paper's;
+``ood_quantile=q`` scores by the q-quantile of a sample's per-element variances instead, a variant).
 
 Vector outputs ``[N, D]`` get an MLP cap, image outputs ``[N, C, H, W]`` a small convolutional cap
 (3x3 convolutions; both: a stem, residual blocks, a global skip and three heads). Departures from the
@@ -142,6 +143,8 @@ class BayesCap(FrozenWrapper, method="bayescap"):
         train_fraction: share of the fitting data used, in (0, 1] (the paper trains on a fraction).
         val_fraction: share of that held out to keep the best epoch by validation loss, in [0, 1).
         identity_weight, ggd_weight, ggd_residual: see `bayescap_loss`.
+        ood_quantile: None scores a sample by the mean of its per-element GGD variances (paper); a number
+            in [0, 1] by their quantile (a variant: e.g. 0.9 responds to a few very uncertain pixels).
         seed: seeds the subset, the split, the cap's initialisation and the shuffling.
         progress: show a progress bar over epochs.
     """
@@ -161,6 +164,7 @@ class BayesCap(FrozenWrapper, method="bayescap"):
         identity_weight: float = 1.0,
         ggd_weight: float = 5e-2,
         ggd_residual: Literal["power", "linear"] = "power",
+        ood_quantile: float | None = None,
         seed: int = 0,
         progress: bool = True,
     ) -> None:
@@ -176,6 +180,9 @@ class BayesCap(FrozenWrapper, method="bayescap"):
         self.identity_weight = check_positive(identity_weight, "identity_weight", allow_zero=True)
         self.ggd_weight = check_positive(ggd_weight, "ggd_weight")
         self.ggd_residual = check_choice(ggd_residual, "ggd_residual", ("power", "linear"))
+        if ood_quantile is not None:
+            ood_quantile = check_fraction(ood_quantile, "ood_quantile", allow_zero=True)
+        self.ood_quantile = ood_quantile
         self.seed = check_count(seed, "seed", minimum=0)
         self.progress = bool(progress)
         self.cap_: Cap | None = None
@@ -282,10 +289,11 @@ class BayesCap(FrozenWrapper, method="bayescap"):
         return Predictive.from_distribution(self._distribution(output))
 
     def _ood_score(self, output: Tensor, features: Tensor | None) -> Tensor:
-        """Per-sample mean GGD variance over the output's elements."""
+        """Per-sample mean (or ``ood_quantile`` quantile) of the GGD variances over the output's elements."""
         self._check_shape(output)
         _, alpha, beta = self.cap_outputs(output)
-        return ggd_variance(alpha, beta).reshape(output.shape[0], -1).mean(-1)
+        variance = ggd_variance(alpha, beta).reshape(output.shape[0], -1)
+        return variance.mean(-1) if self.ood_quantile is None else torch.quantile(variance, self.ood_quantile, dim=-1)
 
     def _fitted_tensors(self) -> dict[str, Tensor]:
         state = {f"cap.{k}": v for k, v in self.cap_.state_dict().items()}

@@ -8,9 +8,16 @@ matrix of the cross-entropy is its exact Hessian:
 
 (ordering ``theta`` as ``[C, d + 1]`` row-major). With a prior ``N(0, 1/lambda I)`` the posterior is
 ``N(theta_map, (H + lambda I)^-1)`` around the frozen weights, and the logits' predictive is exactly
-Gaussian, ``N(f, Sigma_f)`` with ``Sigma_f[c, k] = phi~^T Sigma[c, :, k, :] phi~``. The class
-probabilities are ``softmax(f / sqrt(1 + pi/8 diag Sigma_f))`` (probit) or Monte Carlo draws of the
-logits. ``lambda`` defaults to the maximiser of the Laplace evidence (MacKay), found in closed form
+Gaussian, ``N(f, Sigma_f)`` with ``Sigma_f[c, k] = phi~^T Sigma[c, :, k, :] phi~``. Class probabilities:
+
+- "scaled" (default): ``softmax(f / sqrt(1 + pi/8 v))`` with one variance per point,
+  ``v = trace(Sigma_f) / C``: the probit approximation with every logit given the mean logit variance.
+  One factor divides all of a point's logits, so its predicted class is the frozen model's.
+- "probit": ``softmax(f / sqrt(1 + pi/8 diag Sigma_f))``, each class its own variance (Daxberger et al.'s
+  default); classes with different variances can change order, and so the predicted class.
+- "mc": Monte Carlo draws of the logits from ``N(f, Sigma_f)``.
+
+``lambda`` defaults to the maximiser of the Laplace evidence (MacKay), found in closed form
 per eigenvalue of ``H``; `LastLayerLaplace.tune_prior_precision` instead picks it by the NLL of
 held-out data (better for models trained without weight decay, whose evidence-optimal posterior can
 be far too wide). Daxberger et al., "Laplace Redux", NeurIPS 2021.
@@ -90,7 +97,8 @@ class LastLayerLaplace(FrozenWrapper, method="laplace"):
         model: the frozen classifier; its output must be the logits of ``last_layer``.
         last_layer: name of the final ``nn.Linear``; None finds the last one.
         prior_precision: a number, or "evidence" to maximise the Laplace evidence at fit time.
-        link_approx: "probit" (one set of probabilities per point) or "mc" (``num_samples`` logit draws).
+        link_approx: "scaled" (probit with one shared variance per point; keeps the predicted class), "probit"
+            (per-class variances) or "mc" (``num_samples`` logit draws); see the module docstring.
         num_samples: Monte Carlo draws for ``link_approx="mc"``.
         batch_size: rows per frozen forward pass while fitting.
         seed: seeds the Monte Carlo draws (each call starts from it, so calls are reproducible).
@@ -102,7 +110,7 @@ class LastLayerLaplace(FrozenWrapper, method="laplace"):
         *,
         last_layer: str | None = None,
         prior_precision: float | Literal["evidence"] = "evidence",
-        link_approx: Literal["probit", "mc"] = "probit",
+        link_approx: Literal["scaled", "probit", "mc"] = "scaled",
         num_samples: int = 100,
         batch_size: int = 256,
         seed: int = 0,
@@ -118,7 +126,7 @@ class LastLayerLaplace(FrozenWrapper, method="laplace"):
         if prior_precision != "evidence":
             prior_precision = check_positive(prior_precision, "prior_precision")
         self.prior_precision = prior_precision
-        self.link_approx = check_choice(link_approx, "link_approx", ("probit", "mc"))
+        self.link_approx = check_choice(link_approx, "link_approx", ("scaled", "probit", "mc"))
         self.num_samples = check_count(num_samples, "num_samples")
         self.batch_size = check_count(batch_size, "batch_size")
         self.seed = check_count(seed, "seed", minimum=0)
@@ -209,8 +217,10 @@ class LastLayerLaplace(FrozenWrapper, method="laplace"):
     def _predictive_from(self, output: Tensor, cov: Tensor) -> Predictive:
         """The class predictive from the MAP logits ``[N, C]`` and their covariance ``[N, C, C]``."""
         logits = output.to(torch.float64)
-        if self.link_approx == "probit":
-            var = cov.diagonal(dim1=-2, dim2=-1)
+        if self.link_approx != "mc":
+            var = cov.diagonal(dim1=-2, dim2=-1)  # [N, C]
+            if self.link_approx == "scaled":
+                var = var.mean(-1, keepdim=True)  # [N, 1]
             return Predictive.from_logits(logits / torch.sqrt(1 + math.pi / 8 * var))
         eigenvalues, vectors = torch.linalg.eigh(cov)
         root = vectors * eigenvalues.clamp_min(0).sqrt().unsqueeze(-2)  # [N, C, C], root @ root^T = cov

@@ -1,9 +1,10 @@
-"""Per-element uncertainty metrics used to judge BayesCap and its baselines (Laves et al., MIDL 2020).
+"""Metrics used to judge the wrappers.
 
-Both compare a predicted per-element uncertainty with the frozen model's actual errors, on the same
-scale as the targets: `uncertainty_calibration_error` bins the predicted variances and compares
-them with the mean squared error in each bin; `error_correlation` is Pearson's r between absolute
-errors and predicted standard deviations (BayesCap's "C.Coeff").
+BayesCap and its baselines (Laves et al., MIDL 2020) compare a predicted per-element uncertainty with
+the frozen model's actual errors, on the same scale as the targets: `uncertainty_calibration_error`
+bins the predicted variances and compares them with the mean squared error in each bin;
+`error_correlation` is Pearson's r between absolute errors and predicted standard deviations
+(BayesCap's "C.Coeff").
 """
 
 from __future__ import annotations

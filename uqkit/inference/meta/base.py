@@ -85,9 +85,19 @@ class MetaLearner(nn.Module):
         self.task = "classification" if isinstance(likelihood, Categorical) else "regression"
 
     # ---------------------------------------------------------------------- per-episode likelihood
+    def point_log_lik(self, theta: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        """``[N]`` log-likelihood of each of one episode's points (``theta [P]``, ``x [N, D]``, ``y [N]``), nats."""
+        return self.likelihood.log_prob(self.flat(theta, x), y, dict(self.lik_params))
+
     def nll(self, theta: Tensor, x: Tensor, y: Tensor) -> Tensor:
         """Summed negative log-likelihood of one episode's points (``theta [P]``, ``x [N, D]``, ``y [N]``), nats."""
-        return -self.likelihood.log_prob(self.flat(theta, x), y, dict(self.lik_params)).sum()
+        return -self.point_log_lik(theta, x, y).sum()
+
+    def noise_std(self) -> Tensor:
+        """Scalar observation noise standard deviation of a `uqkit.models.Gaussian` likelihood (learned or fixed)."""
+        if self.likelihood.learn_noise:
+            return self.lik_params["log_noise_std"].exp()
+        return torch.tensor(self.likelihood.noise_std, dtype=self.flat.initial().dtype)
 
     def mean_nll(self, theta: Tensor, x: Tensor, y: Tensor) -> Tensor:
         """`nll` divided by the number of points (the inner-loop loss)."""
@@ -157,19 +167,43 @@ class MetaLearner(nn.Module):
         raise NotImplementedError
 
     def fit(self, sampler: EpisodeSampler, *, num_iterations: int, meta_batch: int = 16, lr: float = 1e-3,
-            generator: torch.Generator, progress: bool = False) -> list[float]:
-        """Meta-train with Adam on ``num_iterations`` batches of ``meta_batch`` fresh episodes; returns the losses."""
-        for name, value in (("num_iterations", num_iterations), ("meta_batch", meta_batch)):
+            generator: torch.Generator, validation: Episodes | None = None, validate_every: int = 100,
+            progress: bool = False) -> list[float]:
+        """Meta-train with Adam on ``num_iterations`` batches of ``meta_batch`` fresh episodes; returns the losses.
+
+        With ``validation`` episodes, every ``validate_every`` iterations (and at the end) the query NLL per
+        point of `predict` on them is recorded in ``validation_curve`` as ``(iteration, nll)``, and the
+        learner ends with the parameters of the lowest one (early stopping). Validation predictions use
+        their own generator (seed 0), so every checkpoint sees the same draws and the training stream
+        is unchanged.
+        """
+        for name, value in (("num_iterations", num_iterations), ("meta_batch", meta_batch), ("validate_every", validate_every)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+        if validation is not None:
+            validation = self.check_episodes(validation)
         optimizer = torch.optim.Adam(self.parameters(), lr=lr)
         total = num_iterations * meta_batch
         losses = []
-        for _ in trange(num_iterations, disable=not progress, desc=type(self).__name__):
+        self.validation_curve: list[tuple[int, float]] = []
+        best: tuple[float, dict[str, Tensor]] | None = None
+        for step in trange(num_iterations, disable=not progress, desc=type(self).__name__):
             episodes = self.check_episodes(sampler(meta_batch, generator))
             loss = self.loss(episodes, generator=generator, num_episodes_total=total)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             losses.append(float(loss.detach()))
+            if validation is not None and ((step + 1) % validate_every == 0 or step + 1 == num_iterations):
+                nll = self.validation_nll(validation)
+                self.validation_curve.append((step + 1, nll))
+                if best is None or nll < best[0]:
+                    best = (nll, {k: v.detach().clone() for k, v in self.state_dict().items()})
+        if best is not None:
+            self.load_state_dict(best[1])
         return losses
+
+    def validation_nll(self, episodes: Episodes) -> float:
+        """Mean query negative log predictive density (nats per point) of `predict` on ``episodes``."""
+        pred = self.predict(episodes, generator=torch.Generator().manual_seed(0))
+        return -float(pred.log_prob(episodes.flat_query_y()).mean())

@@ -45,12 +45,6 @@ class ProtoNet(MetaLearner):
             raise ValueError(f"episodes: this learner's likelihood is for {self.task}, got {episodes.task} episodes")
         return episodes
 
-    def _noise_std(self) -> Tensor:
-        lik: Gaussian = self.likelihood  # type: ignore[assignment]
-        if lik.learn_noise:
-            return self.lik_params["log_noise_std"].exp()
-        return torch.tensor(lik.noise_std)
-
     def _query_distribution(self, episodes: Episodes) -> tuple[Tensor, ...]:
         """Classification: logits ``[B, Q, C]``; regression: mean and variance ``[B, Q]``."""
         b, k, d = episodes.support_x.shape
@@ -66,7 +60,7 @@ class ProtoNet(MetaLearner):
         weights = torch.softmax(-torch.cdist(query, support).square(), dim=-1)  # [B, Q, K]
         y = episodes.support_y.unsqueeze(1)
         mean = (weights * y).sum(-1)
-        var = (weights * (y - mean.unsqueeze(-1)).square()).sum(-1) + self._noise_std().square()
+        var = (weights * (y - mean.unsqueeze(-1)).square()).sum(-1) + self.noise_std().square()
         return mean, var
 
     def loss(self, episodes: Episodes, *, generator: torch.Generator, num_episodes_total: int) -> Tensor:

@@ -1,10 +1,12 @@
 """PFN training on a stream of prior datasets: Adam, linear warm-up then cosine decay, checkpoints, resume.
 
 Each step draws ``batch_size`` fresh datasets of ``seq_len`` points from the prior simulator and one
-context size ``p`` for the whole batch (weights ``∝ 1 / (seq_len - p)``, so that every context size
-gets a similar number of query losses, as in the PFN paper); points ``< p`` are the context and the
+context size ``p`` for the whole batch (by default weights ``∝ 1 / (seq_len - p)``, so that every context
+size gets a similar number of query losses, as in the PFN paper); points ``< p`` are the context and the
 rest are queries scored by the prior-data NLL. A checkpoint holds the model, the optimiser state and
-the data generator's state, so a resumed run reproduces an uninterrupted one bit for bit.
+the data generator's state, so a resumed run reproduces an uninterrupted one bit for bit. A run may
+also start from another checkpoint's weights and borders (``init_from``: fine-tuning with a fresh
+optimiser and schedule).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +43,9 @@ class TrainConfig:
         checkpoint_every: steps between checkpoints (and at the end).
         border_datasets: prior datasets (of ``seq_len`` points) used to place the bucket borders.
         seed: seed of the data generator (and of the initial weights).
+        context_power: context sizes are drawn with weights ``∝ (seq_len - p) ** -context_power``:
+            1 (the paper's) gives every size a similar number of query losses, 0 every size the same
+            number of steps (more query losses at small contexts).
         data_shards: the batch is drawn in this many equal shards, shard r from its own generator
             (shard 0 from ``seed``, shard r > 0 from a seed derived from ``(seed, r)``). Under
             ``torchrun --nproc_per_node=W`` it must equal W and rank r draws shard r; one process
@@ -59,6 +64,7 @@ class TrainConfig:
     border_datasets: int = 1000
     seed: int = 0
     data_shards: int = 1
+    context_power: float = 1.0
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1 or self.data_shards < 1:
@@ -78,13 +84,14 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
 
 
 def context_weights(cfg: TrainConfig) -> Tensor:
-    """``[max_context + 1]`` probabilities of each context size ``p``, ``∝ 1 / (seq_len - p)``."""
-    w = 1.0 / (cfg.seq_len - torch.arange(cfg.max_context + 1, dtype=torch.float64))
+    """``[max_context + 1]`` probabilities of each context size ``p``, ``∝ (seq_len - p) ** -context_power``."""
+    w = (cfg.seq_len - torch.arange(cfg.max_context + 1, dtype=torch.float64)) ** -cfg.context_power
     return w / w.sum()
 
 
 def train_pfn(simulator: PriorSimulator, out: str | Path, train: TrainConfig, model: PFNConfig | None = None, *,
-              resume: bool = False, num_buckets: int = 1000, command: str = "", progress: bool = True) -> PFN:
+              resume: bool = False, init_from: str | Path | None = None, num_buckets: int = 1000, command: str = "",
+              progress: bool = True) -> PFN:
     """Train a PFN on ``simulator``'s prior, writing checkpoints to ``out``; returns the trained PFN.
 
     Args:
@@ -93,6 +100,8 @@ def train_pfn(simulator: PriorSimulator, out: str | Path, train: TrainConfig, mo
         train: training settings; model: transformer sizes (default `PFNConfig` with the prior's
             input dimension and ``num_buckets`` outputs, or the class count for classification).
         resume: continue from the checkpoint at ``out`` (same prior and settings required).
+        init_from: start from this checkpoint's weights and borders (same prior and model sizes
+            required) with a fresh optimiser and schedule: fine-tuning. Ignored when resuming.
         num_buckets: bar-distribution buckets (regression).
         command: the command line, recorded in the checkpoint.
         progress: show a tqdm progress bar.
@@ -115,6 +124,9 @@ def train_pfn(simulator: PriorSimulator, out: str | Path, train: TrainConfig, mo
     borders = None
     if resume:
         borders, state, losses = _restore(out, net, optimizer, shards, prior_info, model, train)
+    elif init_from is not None:
+        borders = _initialise(init_from, net, prior_info, model)
+        state["init_from"] = str(init_from)
     elif not classification and group.rank == 0:
         _, y = simulator.sample(train.border_datasets, train.seq_len, generator=shards[0])
         borders = borders_from_samples(y, model.num_outputs)
@@ -252,8 +264,22 @@ def _shard_seed(seed: int, shard: int) -> int:
 
 
 def _training_info(state: dict) -> dict:
-    return {"command": state["command"], "steps": state["step"], "wall_time_s": round(state["wall_time_s"], 1),
+    info = {"command": state["command"], "steps": state["step"], "wall_time_s": round(state["wall_time_s"], 1),
             "final_loss_ema": state["loss_ema"], "train_config": state["train_config"]}
+    if "init_from" in state:
+        info["init_from"] = state["init_from"]
+    return info
+
+
+def _initialise(path: str | Path, net: PFNTransformer, prior_info: dict, model: PFNConfig) -> Tensor | None:
+    """Copy the weights of the checkpoint at ``path`` into ``net``; returns its borders."""
+    source = PFN.load(path)
+    for what, saved, now in (("prior", source.prior_info, prior_info),
+                             ("model config", source.net.config.to_dict(), model.to_dict())):
+        if saved != json.loads(json.dumps(now)):
+            raise ValueError(f"init_from: the checkpoint's {what} {saved} differs from this run's {now}")
+    net.load_state_dict(source.net.state_dict())
+    return source.borders
 
 
 def _save(out: str | Path, net: PFNTransformer, optimizer: torch.optim.Optimizer, generator_states: list[Tensor],
@@ -272,6 +298,8 @@ def _restore(out: str | Path, net: PFNTransformer, optimizer: torch.optim.Optimi
     if "train_state" not in meta:
         raise ValueError(f"out: {out} holds no training state (a shipped checkpoint cannot be resumed)")
     state = json.loads(meta["train_state"])
+    defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
+    state["train_config"] = {**defaults, **state["train_config"]}  # runs saved before a setting existed
     for what, saved, now in (("prior", json.loads(meta["prior_info"]), prior_info),
                              ("model config", json.loads(meta["config"]), model.to_dict()),
                              ("training config", state["train_config"], asdict(train))):
