@@ -12,15 +12,14 @@ the automl/PFNs ``priors`` package (GP, GP with hyperpriors, BNN, binarised clas
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any
 
 import torch
 from torch import Tensor
-
 from torch.distributions import LogNormal
 
 from uqkit._checks import check_positive
+from uqkit._gpytorch import import_gpytorch
 from uqkit.models.gp_prior import GPPrior
 from uqkit.models.spec import ModelSpec
 
@@ -61,14 +60,6 @@ class PriorSimulator:
         """JSON-ready description of the prior (kernel, hyperparameters or hyperpriors, input range)."""
         lo, hi = self.input_dims
         return {"input_dim": lo if lo == hi else [lo, hi], "input_range": list(self.input_range)}
-
-
-def import_gpytorch():
-    """gpytorch, imported without the DeprecationWarning its dependency linear_operator raises at import."""
-    with warnings.catch_warnings():  # linear_operator calls the deprecated torch.jit.script at import
-        warnings.simplefilter("ignore", DeprecationWarning)
-        import gpytorch
-    return gpytorch
 
 
 def rbf_kernel(lengthscale: float = 1.0, outputscale: float = 1.0):

@@ -18,8 +18,9 @@ import math
 import torch
 from torch import Tensor
 
+from uqkit._gpytorch import import_gpytorch
 from uqkit.calibration.predictive import Predictive
-from uqkit.models.pfn_priors import GPHyperSimulator, import_gpytorch, rbf_kernel
+from uqkit.models.pfn_priors import GPHyperSimulator, rbf_kernel
 
 
 def _exact_gp(x: Tensor, y: Tensor, kernel, noise_floor: float):
