@@ -48,6 +48,7 @@ import uqkit  # noqa: E402
 from uqkit.calibration.classification import accuracy, ece, nll  # noqa: E402
 from uqkit.data import load_sklearn  # noqa: E402
 from uqkit.inference.flops import linear_layers, train_step_flops  # noqa: E402
+from uqkit.inference.mfvi import minibatches  # noqa: E402
 from uqkit.inference.ssvi import ALLOCATIONS, SparseSubspace  # noqa: E402
 from uqkit.models.likelihoods import Categorical  # noqa: E402
 from uqkit.models.nets import MLP  # noqa: E402
@@ -100,12 +101,9 @@ def train_deterministic(spec: ModelSpec, x: Tensor, y: Tensor, *, steps: int, ba
                 m.reset_parameters()
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    order, pos = torch.randperm(len(x), generator=gen), 0
+    batches = minibatches(len(x), batch_size, gen)
     for _ in range(steps):
-        if pos + batch_size > len(x):
-            order, pos = torch.randperm(len(x), generator=gen), 0
-        idx = order[pos:pos + batch_size]
-        pos += batch_size
+        idx = next(batches)
         opt.zero_grad(set_to_none=True)
         F.cross_entropy(net(x[idx]), y[idx]).backward()
         opt.step()
@@ -191,12 +189,9 @@ def train_handwritten(x: Tensor, y: Tensor, widths: list[int], *, steps: int, ba
     model = HandwrittenBBB(widths, 1e-2, gen)
     opt = torch.optim.Adam(model.parameters(), lr=lr, fused=fused or None)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    order, pos = torch.randperm(len(x), generator=gen), 0
+    batches = minibatches(len(x), batch_size, gen)
     for step in range(steps):
-        if pos + batch_size > len(x):
-            order, pos = torch.randperm(len(x), generator=gen), 0
-        idx = order[pos:pos + batch_size]
-        pos += batch_size
+        idx = next(batches)
         beta = min(1.0, (step + 1) / (0.5 * steps))
         opt.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(x[idx], gen), y[idx]) + beta * kl_scale * model.kl() / len(x)

@@ -72,23 +72,29 @@ def test_type2_ml_maximises_the_marginal_likelihood(generator):
     assert type2_ml_predictive(x, y, xt).log_prob(torch.zeros(5)).shape == (5,)
 
 
+def _three_point_problem():
+    """The gp-hyper preset with 3 context points and one query: ``(prior, x, y, xt, yt)``."""
+    x = torch.tensor([[0.1], [0.35], [0.8]])
+    y = torch.tensor([0.3, -0.5, 1.1])
+    return PRESETS["gp-hyper"](), x, y, torch.tensor([[0.5]]), torch.tensor([0.2])
+
+
+def _grid_predictive_density(prior, x, y, xt, yt) -> float:
+    """Full-Bayes predictive density at ``yt [1]`` by a 41^3 grid over the log hyperparameters (prior x marginal)."""
+    mu, sd = prior.log_hyperprior()
+    grid = torch.cartesian_prod(*[torch.linspace(float(m - 5 * s), float(m + 5 * s), 41) for m, s in zip(mu, sd)])
+    log_w = torch.distributions.Normal(mu, sd).log_prob(grid).sum(-1) + gp_log_marginal(grid, x, y, prior.noise_floor)
+    per_setting = gp_predictive_per_draw(grid, x, y, xt, prior.noise_floor).dist.log_prob(yt).exp()[:, 0]
+    return float((torch.softmax(log_w, 0) * per_setting).sum())
+
+
 @pytest.mark.slow  # NUTS: ~1 minute on a busy 2-core machine
 def test_full_bayes_matches_quadrature_over_the_hyperparameters(generator):
     """NUTS + mixture vs a 41^3 grid over the log hyperparameters (prior x marginal likelihood weights)."""
     import arviz as az
 
-    prior = PRESETS["gp-hyper"]()
-    x = torch.tensor([[0.1], [0.35], [0.8]])
-    y = torch.tensor([0.3, -0.5, 1.1])
-    xt, yt = torch.tensor([[0.5]]), torch.tensor([0.2])
-    mu = torch.tensor([prior.hyperpriors[k][0] for k in prior.NAMES])
-    sd = torch.tensor([prior.hyperpriors[k][1] for k in prior.NAMES])
-    axes = [torch.linspace(float(m - 5 * s), float(m + 5 * s), 41) for m, s in zip(mu, sd)]
-    grid = torch.cartesian_prod(*axes)
-    log_w = torch.distributions.Normal(mu, sd).log_prob(grid).sum(-1) + gp_log_marginal(grid, x, y, prior.noise_floor)
-    w = torch.softmax(log_w, 0)
-    per_setting = gp_predictive_per_draw(grid, x, y, xt, prior.noise_floor).dist.log_prob(yt).exp()[:, 0]
-    expected = float((w * per_setting).sum())
+    prior, x, y, xt, yt = _three_point_problem()
+    expected = _grid_predictive_density(prior, x, y, xt, yt)
 
     chains, kept = 4, 250
     pred = full_bayes_predictive(x, y, xt, prior, num_warmup=250, num_samples=kept, num_chains=chains,
@@ -134,16 +140,8 @@ def test_importance_sampling_matches_quadrature_over_the_lengthscale(generator):
 
 def test_importance_sampling_matches_a_grid_over_all_three_hyperparameters():
     """The gp-hyper preset, 3 points: IS vs a 41^3 grid over the log hyperparameters (prior x marginal)."""
-    prior = PRESETS["gp-hyper"]()
-    x = torch.tensor([[0.1], [0.35], [0.8]])
-    y = torch.tensor([0.3, -0.5, 1.1])
-    xt, yt = torch.tensor([[0.5]]), torch.tensor([0.2])
-    mu = torch.tensor([prior.hyperpriors[k][0] for k in prior.NAMES])
-    sd = torch.tensor([prior.hyperpriors[k][1] for k in prior.NAMES])
-    grid = torch.cartesian_prod(*[torch.linspace(float(m - 5 * s), float(m + 5 * s), 41) for m, s in zip(mu, sd)])
-    log_w = torch.distributions.Normal(mu, sd).log_prob(grid).sum(-1) + gp_log_marginal(grid, x, y, prior.noise_floor)
-    per_setting = gp_predictive_per_draw(grid, x, y, xt, prior.noise_floor).dist.log_prob(yt).exp()[:, 0]
-    expected = float((torch.softmax(log_w, 0) * per_setting).sum())
+    prior, x, y, xt, yt = _three_point_problem()
+    expected = _grid_predictive_density(prior, x, y, xt, yt)
     pred = importance_predictive(x, y, xt, prior, num_draws=20_000, seed=0)
     estimate, se = _importance_estimate_and_se(pred, yt)
     assert estimate == pytest.approx(expected, abs=4 * se) and se < 0.01 * expected

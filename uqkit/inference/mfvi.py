@@ -231,7 +231,7 @@ def fit_variational(spec: ModelSpec, data: tuple[Tensor, Tensor], config: VIConf
     t_max = config.num_steps if config.lr_schedule == "cosine" else math.inf
     warmup_steps = config.kl_warmup * config.num_steps
     losses, update_steps = [], 0
-    batches = _minibatches(x.shape[0], batch_size, batch_gen)
+    batches = minibatches(x.shape[0], batch_size, batch_gen)
     bar = tqdm(total=config.num_steps, desc=f"fit[{engine}]", unit="step", disable=not progress, dynamic_ncols=True)
     with bar:
         for step in range(config.num_steps):
@@ -265,7 +265,7 @@ def fit_variational(spec: ModelSpec, data: tuple[Tensor, Tensor], config: VIConf
     return variational_posterior(spec, q, num_draws=config.num_draws, seed=predict_seed, meta=meta)
 
 
-def _minibatches(num_data: int, batch_size: int, generator: torch.Generator) -> Iterator[Tensor]:
+def minibatches(num_data: int, batch_size: int, generator: torch.Generator) -> Iterator[Tensor]:
     """Endless index batches ``[B]``: a fresh random permutation per epoch, the last partial batch dropped."""
     while True:
         order = torch.randperm(num_data, generator=generator)

@@ -130,6 +130,11 @@ class GPHyperSimulator(PriorSimulator):
         self.gp = GPPrior(rbf_kernel(), hyperpriors={k: lognormal[k] for k in ("lengthscale", "outputscale")},
                           jitter=self.noise_floor, max_jitter=self.noise_floor)
 
+    def log_hyperprior(self) -> tuple[Tensor, Tensor]:
+        """Means and standard deviations ``[3]`` (float64, in `NAMES` order) of the log hyperparameters."""
+        mean, std = zip(*(self.hyperpriors[k] for k in self.NAMES))
+        return torch.tensor(mean, dtype=torch.float64), torch.tensor(std, dtype=torch.float64)
+
     def sample_y(self, x: Tensor, *, generator: torch.Generator) -> Tensor:
         f = self.gp.sample_functions(x, 1, generator=generator)[:, 0]
         mu, s = self.hyperpriors["noise"]

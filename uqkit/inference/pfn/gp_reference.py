@@ -140,8 +140,7 @@ def full_bayes_predictive(x_train: Tensor, y_train: Tensor, x_test: Tensor, prio
     from uqkit.inference.sample import sample
 
     x, y, xt = x_train.double(), y_train.double(), x_test.double()
-    mu = torch.tensor([prior.hyperpriors[k][0] for k in prior.NAMES], dtype=torch.float64)
-    sd = torch.tensor([prior.hyperpriors[k][1] for k in prior.NAMES], dtype=torch.float64)
+    mu, sd = prior.log_hyperprior()
 
     def log_density(theta: Tensor) -> Tensor:
         log_prior = torch.distributions.Normal(mu, sd).log_prob(theta).sum(-1)
@@ -172,8 +171,7 @@ def importance_predictive(x_train: Tensor, y_train: Tensor, x_test: Tensor, prio
     if num_draws < 1 or chunk < 1:
         raise ValueError(f"num_draws, chunk: expected positive integers, got {num_draws}, {chunk}")
     x, y, xt = x_train.double(), y_train.double(), x_test.double()
-    mu = torch.tensor([prior.hyperpriors[k][0] for k in prior.NAMES], dtype=torch.float64)
-    sd = torch.tensor([prior.hyperpriors[k][1] for k in prior.NAMES], dtype=torch.float64)
+    mu, sd = prior.log_hyperprior()
     g = torch.Generator().manual_seed(seed)
     theta = mu + sd * torch.randn(num_draws, 3, generator=g, dtype=torch.float64)
     means, variances, log_w = [], [], []
