@@ -161,9 +161,15 @@ class CountedTraced(TracedLogDensity):
 
     calls = 0
 
-    def value_and_grad(self, position: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        CountedTraced.calls += 1
-        return super().value_and_grad(position)
+    def graph_for(self, position: torch.Tensor):
+        graph = super().graph_for(position)
+        if graph is None:
+            return None
+
+        def counted(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            CountedTraced.calls += 1
+            return graph(z)
+        return counted
 
 
 def run_uqkit(target: Target, init: torch.Tensor, num_warmup: int, num_samples: int, seed: int) -> dict:

@@ -197,6 +197,13 @@ def test_nuts_end_to_end():
                num_chains=2, num_warmup=30, num_samples=10, thinning=1, progress=False, max_tree_depth=4)
     assert post.draws["layers.0.weight"].shape == (2, 10, 3, 2)
     assert bool(torch.isfinite(post.draws["layers.0.weight"]).all()) and post.predict(torch.zeros(4, 2)).num_draws == 20
+    # the traced gradient is autograd's bit for bit, so turning it off changes nothing but speed
+    untraced = fit(ModelSpec(MLP(2, [3], 1), LayerwiseGaussian(), Gaussian(0.3), 20), _data(), engine="nuts",
+                   num_chains=2, num_warmup=30, num_samples=10, thinning=1, progress=False, max_tree_depth=4,
+                   trace_gradient=False)
+    assert post.meta["traced_gradient"] and not untraced.meta["traced_gradient"]
+    for name, draws in post.draws.items():
+        assert torch.equal(draws, untraced.draws[name]), name
 
 
 @pytest.mark.parametrize("kwargs, error, match", [

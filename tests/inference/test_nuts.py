@@ -115,15 +115,16 @@ def test_iterative_uturn_checks_match_recursive_reference(generator, depth):
     rate = torch.rand(num_chains, generator=generator) * 2.0
     angle = rate[None, :] * torch.arange(num_leaves)[:, None] + torch.rand(num_chains, generator=generator) * 6.3
     p = torch.stack([angle.cos(), angle.sin(), 0.3 * torch.randn(num_leaves, num_chains, generator=generator)], -1)
-    slots = _Slots(depth, torch.zeros(num_chains, 3))
-    turned = torch.zeros(num_chains, dtype=torch.bool)
-    running = torch.zeros(num_chains, 3)
+    p = p.numpy()
+    slots = _Slots(depth, np.zeros((num_chains, 3)))
+    turned = np.zeros(num_chains, dtype=bool)
+    running = np.zeros((num_chains, 3))
     for n in range(num_leaves):
         running = running + p[n]
         mask = slots.leaf(n, depth, p[n], p[n], running)
         if mask is not None:
             turned |= mask
-    expected = [not _recursive_valid(list(p[:, c].numpy()))[0] for c in range(num_chains)]
+    expected = [not _recursive_valid(list(p[:, c]))[0] for c in range(num_chains)]
     assert turned.tolist() == expected
     assert 0 < sum(expected) < num_chains or depth == 1
 

@@ -74,7 +74,8 @@ def fit(spec: ModelSpec, data: tuple[Tensor, Tensor] | DataLoader, *, engine: An
             With ``checkpoint``, finished chains are kept in ``<checkpoint>.chains/`` and a restarted
             run recomputes only the unfinished ones.
         address: the Ray cluster for ``backend="ray"`` (None: start Ray on this machine).
-        **engine_options: hyperparameters of the engine named by ``engine``.
+        **engine_options: hyperparameters of the engine named by ``engine``; "nuts" and "hmc" also take
+            ``trace_gradient`` (see `uqkit.sample`: False for a model whose forward pass has side effects).
 
     Returns:
         A `Posterior` with ``draws`` ``{name: [chain, draw, *shape]}``, ``sample_stats``
@@ -134,8 +135,9 @@ def _check_options(engine: str, options: dict[str, Any]) -> None:
         known = [k for k, p in inspect.signature(TRAINERS[engine]).parameters.items()
                  if p.kind is p.KEYWORD_ONLY and k not in ("progress", "seed")]
         check_options(engine, known, options)
-    else:
-        check_engine_options(engine, options)
+    else:  # the sample driver's own option is also accepted for the full-batch engines
+        check_engine_options(engine, {k: v for k, v in options.items()
+                                      if not (engine in _FULL_BATCH and k == "trace_gradient")})
 
 
 class _BatchSource:

@@ -1,8 +1,8 @@
 """Hamiltonian Monte Carlo on vectorised chains, and the pieces NUTS shares with it.
 
-A log density maps positions ``[C, D]`` (one row per chain) to ``[C]``; one autograd call gives the
-gradients of all chains. Shared here: the leapfrog integrator, the Euclidean metric (diagonal or
-dense inverse mass matrix), the step-size heuristic, the warmup glue and the state type.
+A log density maps positions ``[C, D]`` (one row per chain) to ``[C]``; one call gives the values
+and gradients of all chains. Shared here: the state type, momentum draws, the step-size heuristic
+and the warmup glue; the leapfrog integrator and the metric are in `uqkit.inference.integrator`.
 
 References: Neal (2011), "MCMC using Hamiltonian dynamics"; Hoffman & Gelman (2014) for the
 step-size heuristic; Betancourt (2017, arXiv:1701.02434) for the divergence criterion.
@@ -11,16 +11,25 @@ step-size heuristic; Betancourt (2017, arXiv:1701.02434) for the divergence crit
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, fields, is_dataclass, replace
 from typing import Any, get_type_hints
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from uqkit._checks import check_level, check_positive
 from uqkit.inference.adaptation import WarmupState, restart_step_size, warmup_init, warmup_update
-from uqkit.inference.traced import LogDensity, value_and_grad
+from uqkit.inference.integrator import (
+    array_log_density,
+    energy_error,
+    kinetic_energy,
+    leapfrog,
+    to_numpy,
+    to_torch,
+    velocity_fn,
+)
+from uqkit.inference.traced import LogDensity
 from uqkit.registry import register_engine
 
 
@@ -71,18 +80,6 @@ class HMCInfo:
     tree_depth: Tensor | None = None
 
 
-def velocity_fn(inverse_mass: Tensor) -> Callable[[Tensor], Tensor]:
-    """``p ↦ M⁻¹ p`` for momenta ``[C, D]`` under a diagonal ``[C, D]`` or dense ``[C, D, D]`` ``M⁻¹``."""
-    if inverse_mass.ndim == 3:
-        return lambda p: torch.bmm(inverse_mass, p.unsqueeze(-1)).squeeze(-1)
-    return lambda p: inverse_mass * p
-
-
-def kinetic_energy(momentum: Tensor, velocity: Tensor) -> Tensor:
-    """½ pᵀM⁻¹p ``[C]`` from momenta and velocities ``[C, D]``."""
-    return 0.5 * torch.linalg.vecdot(momentum, velocity)
-
-
 def sample_momentum(inverse_mass: Tensor, generator: torch.Generator) -> Tensor:
     """Momenta ``[C, D]`` ~ N(0, M) per chain."""
     shape = inverse_mass.shape[:2]
@@ -91,44 +88,6 @@ def sample_momentum(inverse_mass: Tensor, generator: torch.Generator) -> Tensor:
         chol = torch.linalg.cholesky(inverse_mass)
         return torch.linalg.solve_triangular(chol.mT, noise.unsqueeze(-1), upper=True).squeeze(-1)
     return noise * inverse_mass.rsqrt()
-
-
-def leapfrog(
-    log_density: LogDensity,
-    position: Tensor,
-    momentum: Tensor,
-    grad: Tensor,
-    step_size: Tensor,
-    velocity: Callable[[Tensor], Tensor],
-    active: Tensor | None = None,
-    *,
-    half_step: Tensor | None = None,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """One velocity-Verlet step: p ← p + ε/2·∇; z ← z + ε·M⁻¹p; p ← p + ε/2·∇.
-
-    Args:
-        step_size: ``[C, 1]`` signed step sizes (negative integrates backward in time).
-        active: ``[C]`` bool; inactive chains stay where they are, so the log density is never
-            evaluated at a point beyond one where it was already non-finite.
-        half_step: ``0.5 * step_size``, when the caller integrates many steps with one step size.
-
-    Returns:
-        position, momentum, velocity ``[C, D]``, log density ``[C]`` and gradient ``[C, D]``.
-    """
-    half = 0.5 * step_size if half_step is None else half_step
-    momentum = torch.addcmul(momentum, half, grad)
-    new_position = torch.addcmul(position, step_size, velocity(momentum))
-    if active is not None:
-        new_position = torch.where(active.unsqueeze(-1), new_position, position)
-    value, grad = value_and_grad(log_density, new_position)
-    momentum = torch.addcmul(momentum, half, grad)
-    return new_position, momentum, velocity(momentum), value, grad
-
-
-def energy_error(momentum: Tensor, velocity: Tensor, value: Tensor, energy0: Tensor) -> Tensor:
-    """H(z, p) − H₀ ``[C]``, with every non-finite case (NaN, +inf log density) mapped to +inf."""
-    delta = kinetic_energy(momentum, velocity) - value - energy0
-    return torch.nan_to_num(delta, nan=math.inf, posinf=math.inf, neginf=math.inf)
 
 
 def find_step_size(
@@ -141,27 +100,28 @@ def find_step_size(
 ) -> Tensor:
     """Stan's heuristic: double or halve ``step_size [C]`` until one leapfrog step's acceptance
     probability crosses 0.8 (per chain; bounded to ``[1e-10, 1e7]``)."""
-    velocity = velocity_fn(state.inverse_mass)
+    evaluate = array_log_density(log_density, state.position)
+    velocity = velocity_fn(to_numpy(state.inverse_mass))
+    position, value0, grad = to_numpy(state.position), to_numpy(state.log_density), to_numpy(state.grad)
     log_target = math.log(0.8)
-    step_size = step_size.clone()
-    direction_up: Tensor | None = None
-    done = torch.zeros_like(step_size, dtype=torch.bool)
-    for _ in range(max_iter):
-        momentum = sample_momentum(state.inverse_mass, generator)
-        energy0 = kinetic_energy(momentum, velocity(momentum)) - state.log_density
-        _, p, v, value, _ = leapfrog(
-            log_density, state.position, momentum, state.grad, step_size.unsqueeze(-1), velocity
-        )
-        log_accept = -energy_error(p, v, value, energy0)
-        if direction_up is None:
-            direction_up = log_accept > log_target
-            continue
-        done |= torch.where(direction_up, ~(log_accept > log_target), ~(log_accept < log_target))
-        done |= (step_size > 1e7) | (step_size < 1e-10)
-        if bool(done.all()):
-            break
-        step_size = torch.where(done, step_size, torch.where(direction_up, 2 * step_size, 0.5 * step_size))
-    return step_size.clamp(1e-10, 1e7)
+    eps = to_numpy(step_size).copy()
+    direction_up: np.ndarray | None = None
+    done = np.zeros(eps.shape, dtype=bool)
+    with np.errstate(all="ignore"):
+        for _ in range(max_iter):
+            momentum = to_numpy(sample_momentum(state.inverse_mass, generator))
+            energy0 = kinetic_energy(momentum, velocity(momentum)) - value0
+            _, p, v, value, _ = leapfrog(evaluate, position, momentum, grad, eps[:, None], velocity)
+            log_accept = -energy_error(p, v, value, energy0)
+            if direction_up is None:
+                direction_up = log_accept > log_target
+                continue
+            done |= np.where(direction_up, ~(log_accept > log_target), ~(log_accept < log_target))
+            done |= (eps > 1e7) | (eps < 1e-10)
+            if done.all():
+                break
+            eps = np.where(done, eps, np.where(direction_up, 2 * eps, 0.5 * eps))
+    return to_torch(eps, step_size).clamp(1e-10, 1e7)
 
 
 @dataclass(frozen=True)
@@ -296,35 +256,40 @@ class HMC(AdaptiveKernel):
         lo = max(1, round(self.num_steps * (1 - self.jitter)))
         hi = max(lo, round(self.num_steps * (1 + self.jitter)))
         device = state.position.device
-        num_steps = torch.randint(lo, hi + 1, (num_chains,), generator=generator, device=device)
-        velocity = velocity_fn(state.inverse_mass)
-        momentum = sample_momentum(state.inverse_mass, generator)
-        energy0 = kinetic_energy(momentum, velocity(momentum)) - state.log_density
-        log_u = torch.rand(num_chains, generator=generator, dtype=state.position.dtype, device=device).log()
-        position, grad, value, step_size = state.position, state.grad, state.log_density, state.step_size.unsqueeze(-1)
-        alive = torch.ones(num_chains, dtype=torch.bool, device=device)
-        steps_taken = torch.zeros_like(num_steps)
-        for i in range(hi):
-            active = alive & (num_steps > i)
-            position, momentum, v, value, grad = leapfrog(
-                log_density, position, momentum, grad, step_size * active.unsqueeze(-1), velocity, active
-            )
-            steps_taken += active
-            alive = alive & torch.isfinite(value)
-        delta = energy_error(momentum, v, value, energy0)
+        num_steps = to_numpy(torch.randint(lo, hi + 1, (num_chains,), generator=generator, device=device))
+        evaluate = array_log_density(log_density, state.position)
+        velocity = velocity_fn(to_numpy(state.inverse_mass))
+        momentum = to_numpy(sample_momentum(state.inverse_mass, generator))
+        value0 = to_numpy(state.log_density)
+        energy0 = kinetic_energy(momentum, velocity(momentum)) - value0
+        log_u = np.log(to_numpy(torch.rand(num_chains, generator=generator, dtype=state.position.dtype, device=device)))
+        position, grad, value = to_numpy(state.position), to_numpy(state.grad), value0
+        step_size = to_numpy(state.step_size)[:, None]
+        alive = np.ones(num_chains, dtype=bool)
+        steps_taken = np.zeros(num_chains, dtype=np.int64)
+        with np.errstate(all="ignore"):
+            for i in range(hi):
+                active = alive & (num_steps > i)
+                position, momentum, v, value, grad = leapfrog(
+                    evaluate, position, momentum, grad, step_size * active[:, None], velocity, active
+                )
+                steps_taken += active
+                alive &= np.isfinite(value)
+            delta = energy_error(momentum, v, value, energy0)
         accept = log_u < -delta
-        col = accept.unsqueeze(-1)
+        col = accept[:, None]
+        like = state.position
         new_state = replace(
             state,
-            position=torch.where(col, position, state.position),
-            log_density=torch.where(accept, value, state.log_density),
-            grad=torch.where(col, grad, state.grad),
+            position=to_torch(np.where(col, position, to_numpy(state.position)), like),
+            log_density=to_torch(np.where(accept, value, value0), like),
+            grad=to_torch(np.where(col, grad, to_numpy(state.grad)), like),
         )
         info = HMCInfo(
-            accept_prob=torch.exp(-delta.clamp(min=0)),
-            divergent=delta > MAX_ENERGY_ERROR,
-            num_steps=steps_taken,
-            energy=torch.where(accept, delta + energy0, energy0),
+            accept_prob=to_torch(np.exp(-np.maximum(delta, 0)), like),
+            divergent=to_torch(delta > MAX_ENERGY_ERROR, like),
+            num_steps=to_torch(steps_taken, like),
+            energy=to_torch(np.where(accept, delta + energy0, energy0), like),
             step_size=state.step_size,
         )
         return adapt(log_density, new_state, info.accept_prob, self.adapt_options, generator), info

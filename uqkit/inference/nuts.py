@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -29,9 +30,15 @@ from uqkit.inference.hmc import (
     LogDensity,
     adapt,
     check_adapt_options,
+    sample_momentum,
+)
+from uqkit.inference.integrator import (
+    array_log_density,
+    dot,
     kinetic_energy,
     leapfrog,
-    sample_momentum,
+    to_numpy,
+    to_torch,
     velocity_fn,
 )
 from uqkit.registry import register_engine
@@ -70,16 +77,19 @@ class NUTS(AdaptiveKernel):
         return adapt(log_density, state, info.accept_prob, self.adapt_options, generator), info
 
 
-def _turning(v_left: Tensor, v_right: Tensor, rho: Tensor) -> Tensor:
+def _turning(v_left: np.ndarray, v_right: np.ndarray, rho: np.ndarray) -> np.ndarray:
     """Generalised U-turn ``[..., C]``: M⁻¹p at either end of a span has a non-positive dot product
     with the span's momentum sum ``rho [..., C, D]``."""
-    return (torch.linalg.vecdot(v_left, rho) <= 0) | (torch.linalg.vecdot(v_right, rho) <= 0)
+    return (dot(v_left, rho) <= 0) | (dot(v_right, rho) <= 0)
 
 
-def _select(mask: Tensor, new: tuple[Tensor, ...], old: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-    """Per chain (``mask [C]``), ``new`` where true, else ``old``; tensors ``[C]`` or ``[C, D]``."""
+def _select(mask: np.ndarray, new: tuple[np.ndarray, ...], old: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+    """Per chain (``mask [C]``), ``new`` where true, else ``old``; arrays ``[C]`` or ``[C, D]``."""
+    num = np.count_nonzero(mask)
+    if num == 0 or num == len(mask):
+        return new if num else old
     col = mask[:, None]
-    return tuple(torch.where(col if a.ndim == 2 else mask, a, b) for a, b in zip(new, old))
+    return tuple(np.where(col if a.ndim == 2 else mask, a, b) for a, b in zip(new, old))
 
 
 def _trailing_ones(n: int) -> int:
@@ -93,33 +103,35 @@ def _trailing_zeros(n: int) -> int:
 class _Slots:
     """Checkpoints of the first and last leaf of the sub-subtrees still open, indexed by log2 size.
 
-    ``first[k]`` belongs to the sub-subtree of ``2^k`` leaves that contains the current leaf;
-    ``last[k]`` to the most recent completed left half of ``2^k`` leaves. Each holds ``[3, C, D]``:
+    ``first_*[k]`` belong to the sub-subtree of ``2^k`` leaves that contains the current leaf;
+    ``last_*[k]`` to the most recent completed left half of ``2^k`` leaves. Each is ``[depth + 1, C, D]``:
     the momentum ``p``, velocity ``v`` and running momentum sum ``r`` up to and including that leaf.
     """
 
-    def __init__(self, depth: int, like: Tensor) -> None:
-        self.first = like.new_empty((depth + 1, 3, *like.shape))
-        self.last = like.new_empty((depth + 1, 3, *like.shape))
+    def __init__(self, depth: int, like: np.ndarray) -> None:
+        shape = (depth + 1, *like.shape)
+        self.first_p, self.first_v, self.first_r = (np.empty(shape, like.dtype) for _ in range(3))
+        self.last_p, self.last_v, self.last_r = (np.empty(shape, like.dtype) for _ in range(3))
 
-    def leaf(self, n: int, depth: int, p: Tensor, v: Tensor, r: Tensor) -> Tensor | None:
+    def leaf(self, n: int, depth: int, p: np.ndarray, v: np.ndarray, r: np.ndarray) -> np.ndarray | None:
         """Record leaf ``n`` of a subtree of ``2^depth`` leaves (``p``, ``v``, running sum ``r`` ``[C, D]``);
         at an odd leaf, return the U-turn mask ``[C]`` of the sub-subtrees that end there."""
         if n % 2 == 0:  # the leaf opens sub-subtrees of 2^1 .. 2^k leaves
-            self.first[1 : (min(_trailing_zeros(n), depth) if n else depth) + 1] = torch.stack((p, v, r))
+            k = min(_trailing_zeros(n), depth) if n else depth
+            self.first_p[1 : k + 1], self.first_v[1 : k + 1], self.first_r[1 : k + 1] = p, v, r
             return None
         ones = _trailing_ones(n)
         if ones < depth:  # the leaf closes a left half of 2^ones leaves
-            self.last[ones] = torch.stack((p, v, r))
+            self.last_p[ones], self.last_v[ones], self.last_r[ones] = p, v, r
         return self.turning(ones, v, r)
 
-    def turning(self, num: int, v: Tensor, r: Tensor) -> Tensor:
+    def turning(self, num: int, v: np.ndarray, r: np.ndarray) -> np.ndarray:
         """U-turn ``[C]`` in any of the sub-subtrees of ``2^1 .. 2^num`` leaves that end at the current
         leaf (velocity ``v``, running momentum sum ``r``), checking each one across its halves' boundary too."""
-        fp, fv, fr = self.first[1 : num + 1].unbind(1)
+        fp, fv, fr = self.first_p[1 : num + 1], self.first_v[1 : num + 1], self.first_r[1 : num + 1]
         turning = _turning(fv, v, r - fr + fp).any(0)  # whole span
         if num >= 2:  # left half + first leaf of the right half; last leaf of the left half + right half
-            lp, lv, lr = self.last[1:num].unbind(1)
+            lp, lv, lr = self.last_p[1:num], self.last_v[1:num], self.last_r[1:num]
             turning |= _turning(fv[1:], fv[:-1], fr[:-1] - fr[1:] + fp[1:]).any(0)
             turning |= _turning(lv, v, r - lr + lp).any(0)
         return turning
@@ -129,101 +141,104 @@ def _transition(
     log_density: LogDensity, state: HMCState, max_depth: int, generator: torch.Generator
 ) -> tuple[Tensor, Tensor, Tensor, HMCInfo]:
     """One NUTS trajectory per chain; returns the sampled position ``[C, D]``, its log density ``[C]``,
-    gradient ``[C, D]`` and the transition's info. Stopping tests read a per-leaf count back to Python."""
+    gradient ``[C, D]`` and the transition's info. Random numbers come from ``generator``; the
+    arithmetic runs in NumPy (`uqkit.inference.integrator`)."""
     num_chains = state.position.shape[0]
-    dtype, device = state.position.dtype, state.position.device
-    velocity = velocity_fn(state.inverse_mass)
-    p0 = sample_momentum(state.inverse_mass, generator)
+    like, dtype, device = state.position, state.position.dtype, state.position.device
+    evaluate = array_log_density(log_density, like)
+    velocity = velocity_fn(to_numpy(state.inverse_mass))
+    p0 = to_numpy(sample_momentum(state.inverse_mass, generator))
     v0 = velocity(p0)
-    energy0 = kinetic_energy(p0, v0) - state.log_density
-    forward = (torch.rand(max_depth, num_chains, generator=generator, dtype=dtype, device=device) < 0.5).unbind(0)
-    step_size = state.step_size.unsqueeze(-1)
+    z0, value0, g0 = to_numpy(state.position), to_numpy(state.log_density), to_numpy(state.grad)
+    energy0 = kinetic_energy(p0, v0) - value0
+    forward = to_numpy(torch.rand(max_depth, num_chains, generator=generator, dtype=dtype, device=device) < 0.5)
+    step_size = to_numpy(state.step_size)[:, None]
 
     # trajectory ends in integration time, each [C, 4, D]: position, momentum, velocity, gradient
-    left = right = torch.stack((state.position, p0, v0, state.grad), 1)
-    proposal = (state.position, state.log_density, state.grad, torch.zeros_like(energy0))
-    log_weight = torch.zeros_like(energy0)  # log Σ exp(H₀ − H) over the trajectory so far
+    left = right = np.stack((z0, p0, v0, g0), 1)
+    proposal = (z0, value0, g0, np.zeros_like(energy0))
+    log_weight = np.zeros_like(energy0)  # log Σ exp(H₀ − H) over the trajectory so far
     rho = p0  # momentum sum over the trajectory so far
-    running = torch.ones_like(energy0, dtype=torch.bool)
+    running = np.ones(num_chains, dtype=bool)
     all_running = True
-    tree_depth = torch.zeros_like(energy0, dtype=torch.int64)
-    num_steps = torch.zeros_like(tree_depth)  # leapfrog steps per chain, plus ``steps_all`` taken by every chain
+    tree_depth = np.zeros(num_chains, dtype=np.int64)
+    num_steps = np.zeros_like(tree_depth)  # leapfrog steps per chain, plus ``steps_all`` taken by every chain
     steps_all = 0
-    accept_sum = torch.zeros_like(energy0)
-    divergent = torch.zeros_like(running)
-    slots = _Slots(max_depth, state.position)
+    accept_terms = []  # per leaf [C]: the log weight where the chain was active, else -inf
+    divergent = np.zeros_like(running)
+    slots = _Slots(max_depth, z0)
 
-    for depth in range(max_depth):
-        fwd = forward[depth].view(-1, 1, 1)
-        z, p_near, v_near, g = torch.where(fwd, right, left).unbind(1)
-        p = p_near
-        signed_step = torch.where(fwd[:, 0], step_size, -step_size)
-        half_step = 0.5 * signed_step
-        num_leaves = 1 << depth
-        log_u = torch.rand(num_leaves + 1, num_chains, generator=generator, dtype=dtype, device=device).log().unbind(0)
-        active, all_active = running, all_running
-        log_w_sub = torch.full_like(energy0, -math.inf)
-        rho_sub = torch.zeros_like(p)
-        for n in range(num_leaves):
-            z, p, v, value, g = leapfrog(log_density, z, p, g, signed_step, velocity, None if all_active else active,
-                                         half_step=half_step)
-            log_w = torch.nan_to_num(
-                torch.sub(value + energy0, torch.linalg.vecdot(p, v), alpha=0.5), nan=-math.inf, posinf=-math.inf
-            )  # log weight H₀ − H; NaN and +inf log densities weigh nothing (and diverge below)
-            if all_active:
-                steps_all += 1
-                accept_sum += log_w.clamp(max=0).exp()
-            else:
-                num_steps += active
-                accept_sum += torch.where(active, log_w, -math.inf).clamp(max=0).exp()
-            log_w_new = torch.logaddexp(log_w_sub, log_w)
-            if n == 0:
-                sub_proposal, first_p, first_v = (z, value, g, log_w), p, v
-            else:  # uniform progressive sampling: the new leaf replaces the proposal w.p. w_leaf / w_subtree
-                sub_proposal = _select(log_u[n] < log_w - log_w_new, (z, value, g, log_w), sub_proposal)
-            log_w_sub = log_w_new
-            rho_sub = rho_sub + p
-            ok = log_w >= -MAX_ENERGY_ERROR
-            divergent |= active > ok
-            active = active & ok
-            if n % 2:
-                active = active & ~slots.leaf(n, depth, p, v, rho_sub)
-            elif depth:
-                slots.leaf(n, depth, p, v, rho_sub)
-            num_active = int(active.sum())
-            if num_active == 0:
+    with np.errstate(all="ignore"):  # NaN and ±inf log densities are handled as divergences
+        for depth in range(max_depth):
+            fwd = forward[depth]
+            z, p_near, v_near, g = np.where(fwd[:, None, None], right, left).transpose(1, 0, 2)
+            p = p_near
+            signed_step = np.where(fwd[:, None], step_size, -step_size)
+            half_step = 0.5 * signed_step
+            num_leaves = 1 << depth
+            log_u = np.log(to_numpy(torch.rand(num_leaves + 1, num_chains, generator=generator, dtype=dtype,
+                                               device=device)))
+            active, all_active = running, all_running
+            log_w_sub = np.full_like(energy0, -math.inf)
+            rho_sub = np.zeros_like(p)
+            for n in range(num_leaves):
+                z, p, v, value, g = leapfrog(evaluate, z, p, g, signed_step, velocity, None if all_active else active,
+                                             half_step=half_step)
+                log_w = value + energy0 - 0.5 * dot(p, v)
+                log_w = np.where(log_w < math.inf, log_w, -math.inf)  # log weight H₀ − H; NaN and +inf weigh nothing
+                if all_active:
+                    steps_all += 1
+                    accept_terms.append(log_w)
+                else:
+                    num_steps += active
+                    accept_terms.append(np.where(active, log_w, -math.inf))
+                log_w_new = np.logaddexp(log_w_sub, log_w)
+                if n == 0:
+                    sub_proposal, first_p, first_v = (z, value, g, log_w), p, v
+                else:  # uniform progressive sampling: the new leaf replaces the proposal w.p. w_leaf / w_subtree
+                    sub_proposal = _select(log_u[n] < log_w - log_w_new, (z, value, g, log_w), sub_proposal)
+                log_w_sub = log_w_new
+                rho_sub = rho_sub + p
+                ok = log_w >= -MAX_ENERGY_ERROR
+                if np.count_nonzero(ok) < num_chains:
+                    divergent |= active > ok
+                    active = active & ok
+                if n % 2:
+                    active = active & ~slots.leaf(n, depth, p, v, rho_sub)
+                elif depth:
+                    slots.leaf(n, depth, p, v, rho_sub)
+                num_active = np.count_nonzero(active)
+                if num_active == 0:
+                    break
+                all_active = num_active == num_chains
+
+            valid = active
+            # biased progressive sampling: prefer the new subtree w.p. min(1, w_subtree / w_old)
+            proposal = _select(valid & (log_u[-1] < log_w_sub - log_weight), sub_proposal, proposal)
+            log_weight = np.where(valid, np.logaddexp(log_weight, log_w_sub), log_weight)
+            # U-turn over the merged trajectory, plus Stan's checks across the old/new boundary
+            v_far = np.where(fwd[:, None], left[:, 2], right[:, 2])
+            turning = (_turning(v_far, v, rho + rho_sub) | _turning(v_far, first_v, rho + first_p)
+                       | _turning(v_near, v, rho_sub + p_near))
+            rho = rho + rho_sub
+            end = np.stack((z, p, v, g), 1)
+            right, left = np.where(fwd[:, None, None], end, right), np.where(fwd[:, None, None], left, end)
+            tree_depth += valid
+            running = valid & ~turning
+            num_running = np.count_nonzero(running)
+            if num_running == 0:
                 break
-            all_active = num_active == num_chains
-
-        valid = active
-        # biased progressive sampling: prefer the new subtree w.p. min(1, w_subtree / w_old)
-        proposal = _select(valid & (log_u[-1] < log_w_sub - log_weight), sub_proposal, proposal)
-        log_weight = torch.where(valid, torch.logaddexp(log_weight, log_w_sub), log_weight)
-        # U-turn over the merged trajectory, plus Stan's checks across the old/new boundary
-        v_far = torch.where(fwd, left, right)[:, 2]
-        turning = _turning(
-            torch.stack([v_far, v_far, v_near]),
-            torch.stack([v, first_v, v]),
-            torch.stack([rho + rho_sub, rho + first_p, rho_sub + p_near]),
-        ).any(0)
-        rho = rho + rho_sub
-        end = torch.stack((z, p, v, g), 1)
-        right, left = torch.where(fwd, end, right), torch.where(fwd, left, end)
-        tree_depth += valid
-        running = valid & ~turning
-        num_running = int(running.sum())
-        if num_running == 0:
-            break
-        all_running = num_running == num_chains
+            all_running = num_running == num_chains
 
     position, value, grad, log_w = proposal
     num_steps += steps_all
+    accept_sum = np.exp(np.minimum(np.stack(accept_terms), 0)).sum(0)
     info = HMCInfo(
-        accept_prob=accept_sum / num_steps,
-        divergent=divergent,
-        num_steps=num_steps,
-        energy=energy0 - log_w,
+        accept_prob=to_torch((accept_sum / num_steps).astype(accept_sum.dtype), like),
+        divergent=to_torch(divergent, like),
+        num_steps=to_torch(num_steps, like),
+        energy=to_torch(energy0 - log_w, like),
         step_size=state.step_size,
-        tree_depth=tree_depth,
+        tree_depth=to_torch(tree_depth, like),
     )
-    return position, value, grad, info
+    return to_torch(position, like), to_torch(value, like), to_torch(grad, like), info

@@ -72,16 +72,23 @@ class TracedLogDensity:
 
     def value_and_grad(self, position: Tensor) -> tuple[Tensor, Tensor]:
         """Log density ``[C]`` and gradient ``[C, D]`` at ``position [C, D]``."""
-        key = (position.shape, position.dtype, position.device)
-        if key not in self._graphs:
-            expected = _autograd_value_and_grad(self.log_density, position)
-            self._graphs[key] = _trace(self.log_density, position, expected)
-            return expected
-        graph = self._graphs[key]
+        graph = self.graph_for(position)
         if graph is None:
             return _autograd_value_and_grad(self.log_density, position)
         with torch.jit.optimized_execution(False):
             return graph(position)
+
+    def graph_for(self, position: Tensor) -> ValueAndGrad | None:
+        """The traced value-and-gradient for inputs of ``position``'s shape, dtype and device (traced
+        at ``position`` the first time), or None where autograd runs instead. Call it under
+        ``torch.jit.optimized_execution(False)``, as `value_and_grad` does: the graph executor's
+        optimisations would change the floating-point results."""
+        key = (position.shape, position.dtype, position.device)
+        if key not in self._graphs:
+            expected = _autograd_value_and_grad(self.log_density, position)
+            graph = _trace(self.log_density, position, expected)
+            self._graphs[key] = None if graph is None else graph.forward
+        return self._graphs[key]
 
     @property
     def traced(self) -> bool:
