@@ -116,6 +116,26 @@ def test_traced_value_and_grad_is_bit_identical_to_autograd(generator, log_densi
     assert traced.traced
 
 
+def test_traced_graph_drops_constant_work():
+    """The backward seed ``ones_like(value)``, ``detach`` and ``x ** 1`` are folded out of the graph."""
+    traced = TracedLogDensity(eight_schools_noncentered)
+    graph = traced.graph_for(torch.zeros(4, 10))
+    kinds = {node.kind() for node in graph.graph.nodes()}
+    assert "aten::add" in kinds and not kinds & {"aten::ones_like", "aten::detach", "aten::expand"}
+
+
+def _noisy(z):
+    """Hidden randomness (global RNG): folding must not bake one draw in; the first-call check refuses it."""
+    return -0.5 * (z**2).sum(-1) + torch.randn(z.shape[0], dtype=z.dtype)
+
+
+def test_traced_log_density_with_hidden_randomness_falls_back_to_autograd():
+    torch.manual_seed(0)
+    traced = TracedLogDensity(_noisy)
+    value_and_grad(traced, torch.zeros(4, 3))
+    assert not traced.traced
+
+
 def _depends_on_values(z):
     """Python control flow on a tensor's value: tracing must refuse it rather than bake one branch in."""
     sign = 1.0 if float(z.detach().sum()) > 0 else -1.0
