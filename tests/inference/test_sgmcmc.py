@@ -167,7 +167,7 @@ def test_sgld_step_formula(seed):
     np.testing.assert_allclose(new.params["weight"].numpy(), expected, rtol=1e-12, atol=1e-14)
 
 
-def test_sghmc_burnin_steps_formula(seed):
+def test_sghmc_steps_formula_during_and_after_burnin(seed):
     spec, data, params, _ = _one_step_setup(seed)
     lr, c, jitter = 0.05, 0.1, 1e-16
     engine = get_engine("sghmc", step_size=lr, mdecay=c)
@@ -176,20 +176,23 @@ def test_sghmc_burnin_steps_formula(seed):
     theta, v = params["weight"].numpy().copy(), np.zeros_like(params["weight"].numpy())
     tau, avg_g, v_hat = np.ones_like(theta), np.ones_like(theta), np.ones_like(theta)
     eps2 = lr**2 / NUM_DATA
-    for _ in range(3):
+    for warmup in (True, True, True, False, False):
         w = torch.from_numpy(theta).requires_grad_()
         grad_u = -torch.autograd.grad(spec.log_joint({"weight": w}, data), w)[0].numpy() / NUM_DATA
         xi = _noise(g.get_state(), params["weight"])
-        state, _ = engine.step(spec, state, data, generator=g, warmup=True)
-        # Springenberg et al. 2016, written out: r and m^-1 from the averages before this step's update.
+        state, _ = engine.step(spec, state, data, generator=g, warmup=warmup)
+        # Springenberg et al. 2016, written out: r and m^-1 from the averages before this step's update;
+        # after burn-in the averages, hence the mass, stay frozen.
         r, m_inv = 1 / (tau + 1), 1 / (np.sqrt(v_hat) + jitter)
-        tau = tau - tau * avg_g**2 / (v_hat + jitter) + 1
-        avg_g = avg_g - r * avg_g + r * grad_u
-        v_hat = v_hat - r * v_hat + r * grad_u**2
+        if warmup:
+            tau = tau - tau * avg_g**2 / (v_hat + jitter) + 1
+            avg_g = avg_g - r * avg_g + r * grad_u
+            v_hat = v_hat - r * v_hat + r * grad_u**2
         noise_var = np.maximum(2 * eps2 * c * m_inv - eps2**2, 1e-16)
         v = v - lr**2 * m_inv * grad_u - c * v + np.sqrt(noise_var) * xi
         theta = theta + v
         np.testing.assert_allclose(state.params["weight"].numpy(), theta, rtol=1e-10, atol=1e-14)
+        np.testing.assert_allclose(state.momentum["weight"].numpy(), v, rtol=1e-10, atol=1e-14)
         np.testing.assert_allclose(state.v_hat["weight"].numpy(), v_hat, rtol=1e-12)
         np.testing.assert_allclose(state.tau["weight"].numpy(), tau, rtol=1e-12)
 
