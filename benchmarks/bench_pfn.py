@@ -8,8 +8,10 @@ context sizes. Part ``gp-hyper``: on datasets from the ``gp-hyper`` prior, the P
 type-II maximum likelihood (gpytorch + L-BFGS), with wall time per dataset; goal >= 200x faster
 than full Bayes. ``--reference is`` (or ``both``) computes full Bayes instead (or also) by importance
 sampling from the hyperprior (`importance_predictive`, with its Kish ESS), which needs no MCMC and is
-trustworthy at small contexts; gaps are then taken to it. NLL gaps carry their standard error over
-datasets (the same datasets for every method, so the gaps are paired).
+trustworthy at small contexts; gaps are then taken to it. ``--ess-floor E`` (with ``--reference is``)
+also runs NUTS on the datasets whose IS Kish ESS is below E and reports the gap to that hybrid
+reference. NLL gaps carry their standard error over datasets (the same datasets for every method,
+so the gaps are paired).
 
 Usage: python benchmarks/bench_pfn.py --part gp --datasets 20 --threads 1
        python benchmarks/bench_pfn.py --part gp-hyper --datasets 6 --contexts 2,5,10,20,50 --dim 1 --threads 1
@@ -86,7 +88,8 @@ def bench_gp(pfn: PFN, datasets: int, queries: int, max_context: int, seed: int)
 
 
 def bench_gp_hyper(pfn: PFN, datasets: int, queries: int, contexts: list[int], dim: int, seed: int,
-                   warmup: int, samples: int, reference: str, is_draws: int, type2: bool = True) -> None:
+                   warmup: int, samples: int, reference: str, is_draws: int, type2: bool = True,
+                   is_chunk: int = 128, ess_floor: float = 0.0) -> None:
     info = pfn.prior_info
     hyper = {k: (v["log_mean"], v["log_std"]) for k, v in info["hyperpriors"].items()}
     prior = GPHyperSimulator(hyper, input_dims=(dim, dim), noise_floor=info["noise_floor"])
@@ -98,8 +101,10 @@ def bench_gp_hyper(pfn: PFN, datasets: int, queries: int, contexts: list[int], d
         methods["fb"] = lambda args, i: full_bayes_predictive(*args, prior, num_warmup=warmup, num_samples=samples,
                                                               seed=i)
     if reference in ("is", "both"):
-        methods["is"] = lambda args, i: importance_predictive(*args, prior, num_draws=is_draws, seed=i)
+        methods["is"] = lambda args, i: importance_predictive(*args, prior, num_draws=is_draws, seed=i,
+                                                             chunk=is_chunk)
     ref = "is" if "is" in methods else "fb"
+    fallback = reference == "is" and ess_floor > 0  # NUTS replaces IS on datasets where IS is unreliable
     print(f"# gp-hyper: d={dim}, {datasets} datasets x {queries} queries per context size; references: "
           + ", ".join(f"{LABELS[k]}" for k in methods if k in ("fb", "is"))
           + f" (FB = NUTS {warmup}+{samples} x 4 chains, IS = {is_draws} hyperprior draws); {context_str()}")
@@ -108,12 +113,14 @@ def bench_gp_hyper(pfn: PFN, datasets: int, queries: int, contexts: list[int], d
     print("context | " + " | ".join(f"NLL {LABELS[k]}" for k in methods) + " | "
           + " | ".join(f"{LABELS[a]} - {LABELS[b]} (+-se)" for a, b in pairs)
           + (" | IS Kish ESS mean / min" if "is" in methods else "") + " | time per dataset (s) | "
-          + " | ".join(f"{LABELS[k]} / PFN" for k in timed))
+          + " | ".join(f"{LABELS[k]} / PFN" for k in timed)
+          + (f" | PFN - IS|FB (+-se), FB (NUTS) where IS ESS < {ess_floor:g}: datasets, FB time per dataset (s)"
+             if fallback else ""))
     for n in contexts:
         x, y = prior.sample(datasets, n + queries, generator=g)
         rows = {k: [] for k in methods}
         times = {k: 0.0 for k in methods}
-        ess = []
+        ess, nuts_nll, nuts_time = [], {}, 0.0
         for i, (xb, yb) in enumerate(tqdm(list(zip(x, y)), desc=f"context {n}", leave=False)):
             args = (xb[:n], yb[:n], xb[n:])
             for name, fn in methods.items():
@@ -122,6 +129,10 @@ def bench_gp_hyper(pfn: PFN, datasets: int, queries: int, contexts: list[int], d
                 times[name] += dt
                 if name == "is":
                     ess.append(kish_ess(pred))
+            if fallback and ess[-1] < ess_floor:
+                pred, dt = _timed(lambda: full_bayes_predictive(*args, prior, num_warmup=warmup, num_samples=samples,
+                                                                seed=i))
+                nuts_nll[i], nuts_time = -float(pred.log_prob(yb[n:]).mean()), nuts_time + dt
         nll = " | ".join(f"{_mean_se(v)[0]:.4f}" for v in rows.values())
         gaps = " | ".join("{:+.4f} ({:.4f})".format(*_mean_se([u - v for u, v in zip(rows[a], rows[b])]))
                           for a, b in pairs)
@@ -129,6 +140,11 @@ def bench_gp_hyper(pfn: PFN, datasets: int, queries: int, contexts: list[int], d
         t = {k: v / datasets for k, v in times.items()}
         time_col = " / ".join(f"{LABELS[k]} {v:.4f}" for k, v in t.items())
         ratios = " | ".join(f"{t[k] / t['pfn']:.0f}x" for k in timed)
+        if fallback:
+            hybrid = [nuts_nll.get(j, v) for j, v in enumerate(rows["is"])]
+            gap, se = _mean_se([u - v for u, v in zip(rows["pfn"], hybrid)])
+            ratios += (f" | {gap:+.4f} ({se:.4f}), {len(nuts_nll)}, "
+                       + (f"{nuts_time / len(nuts_nll):.2f}" if nuts_nll else "-"))
         print(f"{n:>7} | {nll} | {gaps}{ess_col} | {time_col} | {ratios} | {context_str()}")
 
 
@@ -150,6 +166,12 @@ def main() -> None:
                         help="gp-hyper: full Bayes by NUTS, by importance sampling from the hyperprior, or both "
                              "(gaps are then taken to IS, and NUTS is also compared with IS)")
     parser.add_argument("--is-draws", type=int, default=20_000, help="gp-hyper: importance-sampling draws")
+    parser.add_argument("--is-chunk", type=int, default=128,
+                        help="gp-hyper: IS draws factorised at once (speed only: the draws and result do not change; "
+                             "small batches run faster on CPU at large contexts)")
+    parser.add_argument("--ess-floor", type=float, default=0.0,
+                        help="gp-hyper, --reference is: on datasets whose IS Kish ESS is below this, also run NUTS "
+                             "and report the gap to that hybrid reference (IS, NUTS where IS is unreliable)")
     parser.add_argument("--skip-type2", action="store_true", help="gp-hyper: leave out type-II ML")
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--threads", type=int, default=1)
@@ -162,7 +184,8 @@ def main() -> None:
     else:
         contexts = [int(c) for c in args.contexts.split(",")]
         bench_gp_hyper(pfn, args.datasets, args.queries, contexts, args.dim, args.seed, args.warmup, args.samples,
-                       args.reference, args.is_draws, type2=not args.skip_type2)
+                       args.reference, args.is_draws, type2=not args.skip_type2, is_chunk=args.is_chunk,
+                       ess_floor=args.ess_floor)
 
 
 if __name__ == "__main__":

@@ -154,7 +154,7 @@ def full_bayes_predictive(x_train: Tensor, y_train: Tensor, x_test: Tensor, prio
 
 
 def importance_predictive(x_train: Tensor, y_train: Tensor, x_test: Tensor, prior: GPHyperSimulator, *,
-                          num_draws: int = 20_000, seed: int = 0, chunk: int = 4096) -> Predictive:
+                          num_draws: int = 20_000, seed: int = 0, chunk: int = 128) -> Predictive:
     """Full-Bayes GP predictive by self-normalised importance sampling from the hyperprior.
 
     Draws ``num_draws`` log hyperparameters from ``prior``'s log-normal hyperpriors and weights each by
@@ -166,7 +166,8 @@ def importance_predictive(x_train: Tensor, y_train: Tensor, x_test: Tensor, prio
         x_train: ``[n, d]``; y_train: ``[n]``; x_test: ``[m, d]``.
         prior: the `GPHyperSimulator` whose hyperpriors (and noise floor) define the model.
         num_draws: proposal draws; seed: seed of their `torch.Generator`.
-        chunk: draws factorised at once (bounds the ``[chunk, m, n]`` working memory).
+        chunk: draws factorised at once (bounds the ``[chunk, m, n]`` working memory; 128 was 3-4x faster
+            than 4096 at 100 context points on a CPU, with identical results).
     """
     if num_draws < 1 or chunk < 1:
         raise ValueError(f"num_draws, chunk: expected positive integers, got {num_draws}, {chunk}")
