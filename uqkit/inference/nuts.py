@@ -164,7 +164,7 @@ def _transition(
     tree_depth = np.zeros(num_chains, dtype=np.int64)
     num_steps = np.zeros_like(tree_depth)  # leapfrog steps per chain, plus ``steps_all`` taken by every chain
     steps_all = 0
-    accept_terms = []  # per leaf [C]: the log weight where the chain was active, else -inf
+    accept_terms: list[np.ndarray] = []  # per leaf [C]: the log weight where the chain was active, else -inf
     divergent = np.zeros_like(running)
     slots = _Slots(max_depth, z0)
 
