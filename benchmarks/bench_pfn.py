@@ -89,7 +89,7 @@ def bench_gp(pfn: PFN, datasets: int, queries: int, max_context: int, seed: int)
 
 def bench_gp_hyper(pfn: PFN, datasets: int, queries: int, contexts: list[int], dim: int, seed: int,
                    warmup: int, samples: int, reference: str, is_draws: int, type2: bool = True,
-                   is_chunk: int = 128, ess_floor: float = 0.0) -> None:
+                   ess_floor: float = 0.0) -> None:
     info = pfn.prior_info
     hyper = {k: (v["log_mean"], v["log_std"]) for k, v in info["hyperpriors"].items()}
     prior = GPHyperSimulator(hyper, input_dims=(dim, dim), noise_floor=info["noise_floor"])
@@ -101,8 +101,7 @@ def bench_gp_hyper(pfn: PFN, datasets: int, queries: int, contexts: list[int], d
         methods["fb"] = lambda args, i: full_bayes_predictive(*args, prior, num_warmup=warmup, num_samples=samples,
                                                               seed=i)
     if reference in ("is", "both"):
-        methods["is"] = lambda args, i: importance_predictive(*args, prior, num_draws=is_draws, seed=i,
-                                                             chunk=is_chunk)
+        methods["is"] = lambda args, i: importance_predictive(*args, prior, num_draws=is_draws, seed=i)
     ref = "is" if "is" in methods else "fb"
     fallback = reference == "is" and ess_floor > 0  # NUTS replaces IS on datasets where IS is unreliable
     print(f"# gp-hyper: d={dim}, {datasets} datasets x {queries} queries per context size; references: "
@@ -166,9 +165,6 @@ def main() -> None:
                         help="gp-hyper: full Bayes by NUTS, by importance sampling from the hyperprior, or both "
                              "(gaps are then taken to IS, and NUTS is also compared with IS)")
     parser.add_argument("--is-draws", type=int, default=20_000, help="gp-hyper: importance-sampling draws")
-    parser.add_argument("--is-chunk", type=int, default=128,
-                        help="gp-hyper: IS draws factorised at once (speed only: the draws and result do not change; "
-                             "small batches run faster on CPU at large contexts)")
     parser.add_argument("--ess-floor", type=float, default=0.0,
                         help="gp-hyper, --reference is: on datasets whose IS Kish ESS is below this, also run NUTS "
                              "and report the gap to that hybrid reference (IS, NUTS where IS is unreliable)")
@@ -184,7 +180,7 @@ def main() -> None:
     else:
         contexts = [int(c) for c in args.contexts.split(",")]
         bench_gp_hyper(pfn, args.datasets, args.queries, contexts, args.dim, args.seed, args.warmup, args.samples,
-                       args.reference, args.is_draws, type2=not args.skip_type2, is_chunk=args.is_chunk,
+                       args.reference, args.is_draws, type2=not args.skip_type2,
                        ess_floor=args.ess_floor)
 
 

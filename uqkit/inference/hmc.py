@@ -104,7 +104,7 @@ def find_step_size(
     velocity = velocity_fn(to_numpy(state.inverse_mass))
     position, value0, grad = to_numpy(state.position), to_numpy(state.log_density), to_numpy(state.grad)
     log_target = math.log(0.8)
-    eps = to_numpy(step_size).copy()
+    eps = to_numpy(step_size)
     direction_up: np.ndarray | None = None
     done = np.zeros(eps.shape, dtype=bool)
     with np.errstate(all="ignore"):
@@ -263,7 +263,8 @@ class HMC(AdaptiveKernel):
         value0 = to_numpy(state.log_density)
         energy0 = kinetic_energy(momentum, velocity(momentum)) - value0
         log_u = np.log(to_numpy(torch.rand(num_chains, generator=generator, dtype=state.position.dtype, device=device)))
-        position, grad, value = to_numpy(state.position), to_numpy(state.grad), value0
+        position0, grad0 = to_numpy(state.position), to_numpy(state.grad)
+        position, grad, value = position0, grad0, value0
         step_size = to_numpy(state.step_size)[:, None]
         alive = np.ones(num_chains, dtype=bool)
         steps_taken = np.zeros(num_chains, dtype=np.int64)
@@ -281,9 +282,9 @@ class HMC(AdaptiveKernel):
         like = state.position
         new_state = replace(
             state,
-            position=to_torch(np.where(col, position, to_numpy(state.position)), like),
+            position=to_torch(np.where(col, position, position0), like),
             log_density=to_torch(np.where(accept, value, value0), like),
-            grad=to_torch(np.where(col, grad, to_numpy(state.grad)), like),
+            grad=to_torch(np.where(col, grad, grad0), like),
         )
         info = HMCInfo(
             accept_prob=to_torch(np.exp(-np.maximum(delta, 0)), like),

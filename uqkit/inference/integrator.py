@@ -37,15 +37,16 @@ def array_log_density(log_density: LogDensity, like: Tensor) -> ArrayLogDensity:
     ``like``'s shape (a `TracedLogDensity`'s graph is looked up once, here)."""
     device = like.device
     graph = log_density.graph_for(like) if isinstance(log_density, TracedLogDensity) else None
-    if graph is None:
-        def evaluate(position: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            value, grad = value_and_grad(log_density, torch.from_numpy(position).to(device))
-            return to_numpy(value), to_numpy(grad)
-    else:
-        def evaluate(position: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+
+    def evaluate(position: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        z = torch.from_numpy(position).to(device)
+        if graph is None:
+            value, grad = value_and_grad(log_density, z)
+        else:
             with torch.jit.optimized_execution(False):
-                value, grad = graph(torch.from_numpy(position).to(device))
-            return to_numpy(value), to_numpy(grad)
+                value, grad = graph(z)
+        return to_numpy(value), to_numpy(grad)
+
     return evaluate
 
 
