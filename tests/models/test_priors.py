@@ -9,9 +9,12 @@ import pytest
 import torch
 from scipy import stats
 
+from uqkit.models.matched_priors import PerLayerGaussian, PerLayerHierarchicalGaussian
 from uqkit.models.priors import (
+    AnalyticGradPrior,
     GibbsPrior,
     HierarchicalLayerwiseGaussian,
+    IndependentGaussian,
     IsotropicGaussian,
     LayerwiseGaussian,
     Prior,
@@ -131,3 +134,85 @@ def test_priors_are_priors():
 def test_bad_hyperparameters(build, name):
     with pytest.raises(ValueError, match=f"^{name}:"):
         build()
+
+
+# Every prior with the in-place analytic gradient, and the variance of each entry of each tensor of
+# `_params` (plus a 0-d tensor, fan-in 1), written out independently of the priors' own code.
+_NAMES = ("l0.weight", "l0.bias", "conv.weight", "gain")
+_GAUSSIANS = [
+    (IsotropicGaussian(0.7), dict.fromkeys(_NAMES, 0.49)),
+    (LayerwiseGaussian(1.3, 0.4), {"l0.weight": 1.69 / 3, "l0.bias": 0.16, "conv.weight": 1.69 / 18, "gain": 0.16}),
+    (HierarchicalLayerwiseGaussian(init_variance=0.8, variances={"l0.weight": torch.tensor(0.3, dtype=torch.float64)}),
+     {"l0.weight": 0.1, "l0.bias": 0.8, "conv.weight": 0.8 / 18, "gain": 0.8}),
+    (PerLayerGaussian({"l0.weight": 2.0, "l0.bias": 0.5, "conv.weight": 1.5, "gain": 0.3}),
+     {"l0.weight": 4 / 3, "l0.bias": 0.25, "conv.weight": 2.25 / 18, "gain": 0.09}),
+    (PerLayerHierarchicalGaussian(dict.fromkeys(_NAMES, 3.0), dict.fromkeys(_NAMES, 2.0),
+                                  variances={"l0.bias": torch.tensor(0.5, dtype=torch.float64)}),
+     {"l0.weight": 2 / 9, "l0.bias": 0.5, "conv.weight": 2 / 54, "gain": 2 / 3}),
+]
+_IDS = [type(prior).__name__ for prior, _ in _GAUSSIANS]
+
+
+def _gaussian_params(generator: torch.Generator, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    params = {k: v.to(dtype) for k, v in _params(generator).items()}
+    return {**params, "gain": torch.randn((), generator=generator, dtype=dtype)}
+
+
+def test_every_gaussian_prior_in_uqkit_is_checked_below():
+    def concrete_subclasses(cls: type) -> set[type]:
+        found = {c for c in cls.__subclasses__() if c.__module__.startswith("uqkit.")}
+        return {c for c in found if not c.__abstractmethods__}.union(*map(concrete_subclasses, found))
+
+    assert concrete_subclasses(IndependentGaussian) == {type(prior) for prior, _ in _GAUSSIANS}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("prior, variances", _GAUSSIANS, ids=_IDS)
+def test_gaussian_log_prob_against_scipy_per_tensor(prior, variances, dtype, generator):
+    """log_prob equals the sum over tensors and entries of scipy's normal log density (in float64), within
+    the a-priori bound of a sum of n rounded terms, (n + 10) eps sum_i |term_i| (Higham, Accuracy and
+    Stability, section 4.2; the 10 covers each tensor's norm, division and logarithm)."""
+    params = _gaussian_params(generator, dtype)
+    terms = np.concatenate([stats.norm(0, math.sqrt(variances[k])).logpdf(p.double().numpy()).ravel()
+                            for k, p in params.items()])
+    value = prior.log_prob(params)
+    assert value.dtype == dtype and value.shape == ()
+    bound = (terms.size + 10) * torch.finfo(dtype).eps * np.abs(terms).sum()
+    assert abs(float(value) - terms.sum()) <= bound
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("prior, variances", _GAUSSIANS, ids=_IDS)
+def test_add_grad_log_prob_adds_the_autograd_gradient_in_place(prior, variances, dtype, generator):
+    """grads[k] += d log_prob / d params[k], in place, equal to autograd of `log_prob` and to the direct
+    formula -theta / var within a few roundings (8 eps of the magnitudes involved)."""
+    params = _gaussian_params(generator, dtype)
+    start = {k: torch.randn(p.shape, generator=generator, dtype=dtype) for k, p in params.items()}
+    grads = {k: g.clone() for k, g in start.items()}
+    storage = {k: g.data_ptr() for k, g in grads.items()}
+    assert isinstance(prior, AnalyticGradPrior)
+    prior.add_grad_log_prob_(params, grads)
+    assert {k: g.data_ptr() for k, g in grads.items()} == storage  # in place
+    leaves = {k: p.clone().requires_grad_() for k, p in params.items()}
+    autograd = dict(zip(leaves, torch.autograd.grad(prior.log_prob(leaves), list(leaves.values()))))
+    eps = torch.finfo(dtype).eps
+    for k, p in params.items():
+        direct = start[k].double() - p.double() / variances[k]
+        bound = 8 * eps * (start[k].double().abs() + p.double().abs() / variances[k])
+        assert grads[k].dtype == dtype
+        assert bool(((grads[k].double() - direct).abs() <= bound).all()), k
+        assert bool(((grads[k].double() - start[k].double() - autograd[k].double()).abs() <= bound).all()), k
+
+
+@pytest.mark.parametrize("prior, variances", _GAUSSIANS, ids=_IDS)
+def test_gaussian_log_prob_under_vmap_and_grad(prior, variances, generator):
+    """The log density works inside torch.func transforms (the NUTS driver and ensembles vmap it)."""
+    draws = {k: torch.stack([_gaussian_params(generator, torch.float64)[k] for _ in range(3)]) for k in _NAMES}
+    batched = torch.vmap(prior.log_prob)(draws)
+    grads = torch.vmap(torch.func.grad(prior.log_prob))(draws)
+    for s in range(3):
+        params = {k: v[s] for k, v in draws.items()}
+        torch.testing.assert_close(batched[s], prior.log_prob(params), rtol=1e-14, atol=0)
+        for k, p in params.items():
+            torch.testing.assert_close(grads[k][s], -p / variances[k], rtol=1e-14, atol=1e-14)
+

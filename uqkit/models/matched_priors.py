@@ -20,7 +20,15 @@ import torch
 from torch import Tensor
 
 from uqkit._checks import check_positive
-from uqkit.models.priors import ConditionalGaussian, Params, _gaussian_draws, _gaussian_log_prob, fan_in, gamma_draws
+from uqkit.models.priors import (
+    ConditionalGaussian,
+    IndependentGaussian,
+    Params,
+    _gaussian_draws,
+    _variances_like,
+    fan_in,
+    gamma_draws,
+)
 
 
 def _lookup(table: dict, name: str, what: str) -> object:
@@ -30,7 +38,7 @@ def _lookup(table: dict, name: str, what: str) -> object:
 
 
 @dataclass(frozen=True, eq=False)
-class PerLayerGaussian:
+class PerLayerGaussian(IndependentGaussian):
     """``theta_k ~ N(0, scales[k]^2 / fan_in_k)`` independently for every parameter tensor ``k``.
 
     Args:
@@ -48,11 +56,8 @@ class PerLayerGaussian:
         """Prior variance of each entry of parameter ``name``."""
         return float(_lookup(self.scales, name, "scale")) ** 2 / fan_in(shape)
 
-    def log_prob(self, params: Params) -> Tensor:
-        return sum(_gaussian_log_prob(p, self.variance(k, p.shape)) for k, p in params.items())
-
-    def grad_log_prob(self, params: Params) -> Params:
-        return {k: p * (-1.0 / self.variance(k, p.shape)) for k, p in params.items()}
+    def tensor_variances(self, params: Params) -> Tensor:
+        return _variances_like([self.variance(k, p.shape) for k, p in params.items()], params)
 
     def sample(self, num: int, *, generator: torch.Generator, template: Params) -> Params:
         scales = {k: math.sqrt(self.variance(k, t.shape)) for k, t in template.items()}

@@ -4,7 +4,8 @@ Every prior scores a parameter dict (``log_prob -> scalar``) and draws parameter
 template (``sample -> leaves [num, *shape]``). Priors are frozen dataclasses; a prior with state that
 changes during inference (the hierarchical prior's layer variances) returns a new prior from
 ``gibbs_update`` and exposes its state as tensors (``state()`` / ``with_state()``) for checkpoints.
-The Gaussian priors also give their gradient in closed form (``grad_log_prob``), which
+The Gaussian priors (`IndependentGaussian`: zero mean, one variance per tensor) also add their
+gradient in closed form into given gradients, in place (``add_grad_log_prob_``), which
 `ModelSpec.log_joint_and_grad` uses instead of autograd.
 
 "Fan-in" of a parameter tensor is the product of all dimensions but the first (``in_features`` for an
@@ -15,6 +16,7 @@ have fan-in 1, so they are never rescaled.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -25,8 +27,6 @@ from torch import Tensor
 from uqkit._checks import check_positive
 
 Params = dict[str, Tensor]
-
-_LOG_2PI = math.log(2 * math.pi)
 
 
 @runtime_checkable
@@ -59,10 +59,12 @@ class GibbsPrior(Prior, Protocol):
 
 @runtime_checkable
 class AnalyticGradPrior(Prior, Protocol):
-    """A prior that gives the gradient of its log density in closed form (cheaper than autograd)."""
+    """A prior that adds the gradient of its log density to given gradients in closed form, in place
+    (one pass over the weights, no allocation: cheaper than autograd). `ModelSpec` looks the method up
+    by name, so a prior needs only to define it."""
 
-    def grad_log_prob(self, params: Params) -> Params:
-        """``d log_prob / d params``, one tensor per parameter."""
+    def add_grad_log_prob_(self, params: Params, grads: Params) -> None:
+        """``grads[k] += d log_prob / d params[k]`` in place, for every ``k`` in ``params``."""
         ...
 
 
@@ -71,12 +73,44 @@ def fan_in(shape: torch.Size | tuple[int, ...]) -> int:
     return math.prod(shape[1:]) if len(shape) > 1 else 1
 
 
-def _gaussian_log_prob(x: Tensor, var: float | Tensor) -> Tensor:
-    """Sum of ``log N(x_i | 0, var)`` over all entries."""
-    # ||x||^2 through the norm: one pass forward and one backward (x.square().sum() takes four).
-    sum_sq = torch.linalg.vector_norm(x).square()
-    log_var = math.log(var) if isinstance(var, float) else torch.log(var.to(x.dtype))
-    return -0.5 * (sum_sq / var + x.numel() * (log_var + _LOG_2PI))
+def _gaussian_log_density(tensors: list[Tensor], variances: Tensor) -> Tensor:
+    """``sum_k sum_i log N(t_k,i | 0, variances[k])`` for K tensors ``t_k`` and ``variances [K]``."""
+    # ||t_k||^2 through the norm: one pass forward and one backward (square().sum() takes four). One
+    # `vector_norm` per tensor costs the same as a fused `torch._foreach_norm` (memory bound: 28 vs 27 us
+    # on a 784-200-200-10 MLP), which, unlike it, works under `torch.vmap`; the per-tensor scalar
+    # arithmetic is vectorised over the K tensors.
+    sum_sq = torch.stack([torch.linalg.vector_norm(t) for t in tensors]).square()
+    numel = variances.new_tensor([t.numel() for t in tensors])
+    return -0.5 * (sum_sq / variances + numel * torch.log(variances * (2 * math.pi))).sum()
+
+
+def _variances_like(values: list[float], params: Params) -> Tensor:
+    """``[K]`` tensor of per-tensor variances in the dtype and on the device of ``params``."""
+    first = next(iter(params.values()))
+    return torch.tensor(values, dtype=first.dtype, device=first.device)
+
+
+class IndependentGaussian(ABC):
+    """Zero-mean Gaussian prior with independent entries and one variance per parameter tensor (a base class).
+
+    Subclasses give the variances (`tensor_variances`); this gives the log density (one norm per
+    tensor, the rest vectorised over tensors) and its closed-form gradient ``-theta_k / var_k``, added
+    in place into given gradients (`AnalyticGradPrior`).
+    """
+
+    @abstractmethod
+    def tensor_variances(self, params: Params) -> Tensor:
+        """``[K]``: the prior variance of every entry of each of the K tensors of ``params`` (in order),
+        in their dtype."""
+
+    def log_prob(self, params: Params) -> Tensor:
+        """Scalar ``sum_k sum_i log N(params[k]_i | 0, var_k)``."""
+        return _gaussian_log_density(list(params.values()), self.tensor_variances(params))
+
+    def add_grad_log_prob_(self, params: Params, grads: Params) -> None:
+        """``grads[k] -= params[k] / var_k`` in place (the gradient of `log_prob`), one pass per tensor."""
+        for (name, p), var in zip(params.items(), self.tensor_variances(params).tolist()):
+            grads[name].add_(p, alpha=-1.0 / var)
 
 
 def _gaussian_draws(num: int, template: Params, scales: dict[str, Tensor | float], generator: torch.Generator) -> Params:
@@ -90,7 +124,7 @@ def _gaussian_draws(num: int, template: Params, scales: dict[str, Tensor | float
 
 
 @dataclass(frozen=True)
-class IsotropicGaussian:
+class IsotropicGaussian(IndependentGaussian):
     """Every weight i.i.d. ``N(0, scale^2)``.
 
     Args:
@@ -102,11 +136,8 @@ class IsotropicGaussian:
     def __post_init__(self) -> None:
         check_positive(self.scale, "scale")
 
-    def log_prob(self, params: Params) -> Tensor:
-        return sum(_gaussian_log_prob(p, float(self.scale) ** 2) for p in params.values())
-
-    def grad_log_prob(self, params: Params) -> Params:
-        return {k: p * (-1.0 / float(self.scale) ** 2) for k, p in params.items()}
+    def tensor_variances(self, params: Params) -> Tensor:
+        return _variances_like([float(self.scale) ** 2] * len(params), params)
 
     def sample(self, num: int, *, generator: torch.Generator, template: Params) -> Params:
         return _gaussian_draws(num, template, dict.fromkeys(template, self.scale), generator)
@@ -119,7 +150,7 @@ class IsotropicGaussian:
 
 
 @dataclass(frozen=True)
-class LayerwiseGaussian:
+class LayerwiseGaussian(IndependentGaussian):
     """Weights ``W ~ N(0, weight_scale^2 / fan_in)``, biases (1-D tensors) ``b ~ N(0, bias_scale^2)``.
 
     The 1/sqrt(fan_in) ("scaled variance") convention keeps the pre-activation variance independent
@@ -141,11 +172,8 @@ class LayerwiseGaussian:
         """Prior variance of each entry of a parameter tensor of this shape."""
         return float(self.bias_scale) ** 2 if len(shape) <= 1 else float(self.weight_scale) ** 2 / fan_in(shape)
 
-    def log_prob(self, params: Params) -> Tensor:
-        return sum(_gaussian_log_prob(p, self.variance(p.shape)) for p in params.values())
-
-    def grad_log_prob(self, params: Params) -> Params:
-        return {k: p * (-1.0 / self.variance(p.shape)) for k, p in params.items()}
+    def tensor_variances(self, params: Params) -> Tensor:
+        return _variances_like([self.variance(p.shape) for p in params.values()], params)
 
     def sample(self, num: int, *, generator: torch.Generator, template: Params) -> Params:
         scales = {k: math.sqrt(self.variance(t.shape)) for k, t in template.items()}
@@ -158,20 +186,19 @@ class LayerwiseGaussian:
         return self
 
 
-class ConditionalGaussian:
+class ConditionalGaussian(IndependentGaussian):
     """Independent ``N(0, variance(name, t))`` entries given the current variances (a mixin).
 
-    Subclasses define ``variance(name, t) -> Tensor``; this gives the conditional log density and its
-    closed-form gradient.
+    Subclasses define `variance`; `log_prob` is then the conditional ``log p(theta | sigma^2)`` at the
+    current variances, and ``add_grad_log_prob_`` its gradient.
     """
 
-    def log_prob(self, params: Params) -> Tensor:
-        """Conditional ``log p(theta | sigma^2)`` at the current variances."""
-        return sum(_gaussian_log_prob(p, self.variance(k, p)) for k, p in params.items())
+    @abstractmethod
+    def variance(self, name: str, t: Tensor) -> Tensor:
+        """Current prior variance (0-d, in ``t``'s dtype) of each entry of parameter ``name`` with value ``t``."""
 
-    def grad_log_prob(self, params: Params) -> Params:
-        """Gradient of the conditional log density at the current variances."""
-        return {k: p * (-1.0 / self.variance(k, p)) for k, p in params.items()}
+    def tensor_variances(self, params: Params) -> Tensor:
+        return torch.stack([self.variance(k, p) for k, p in params.items()])
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from torch.func import functional_call
 
 from uqkit.calibration.predictive import Predictive
 from uqkit.models.likelihoods import PREFIX, Likelihood
-from uqkit.models.priors import AnalyticGradPrior, Prior
+from uqkit.models.priors import Prior
 
 Params = dict[str, Tensor]
 Batch = tuple[Tensor, Tensor]
@@ -47,6 +47,8 @@ class ModelSpec:
             raise TypeError(f"likelihood: expected a Likelihood, got {type(self.likelihood).__name__}")
         if isinstance(self.num_data, bool) or not isinstance(self.num_data, int) or self.num_data < 1:
             raise ValueError(f"num_data: expected a positive integer, got {self.num_data!r}")
+        # functional_call's pass that unties shared tensors costs 20-40 us a call; most nets share none.
+        object.__setattr__(self, "_tie_weights", _has_tied_tensors(self.net))
         in_features = getattr(self.net, "in_features", None)
         if isinstance(in_features, int):
             with torch.no_grad():
@@ -77,7 +79,11 @@ class ModelSpec:
 
     def forward(self, params: Params, x: Tensor) -> Tensor:
         """Net output ``[B, out]`` at inputs ``x [B, ...]`` with weights ``params``."""
-        out = functional_call(self.net, self.split(params)[0], (x,))
+        return self._net_output(self.split(params)[0], x)
+
+    def _net_output(self, net_params: Params, x: Tensor) -> Tensor:
+        """`forward` from the net's parameters alone (without the likelihood's)."""
+        out = functional_call(self.net, net_params, (x,), tie_weights=self._tie_weights)
         self.likelihood.check_output(tuple(out.shape))
         return out
 
@@ -88,7 +94,8 @@ class ModelSpec:
     def log_likelihood(self, params: Params, batch: Batch) -> Tensor:
         """Scalar ``sum_b log p(y_b | x_b, theta)`` over the batch."""
         x, y = batch
-        return self.likelihood.log_prob(self.forward(params, x), y, self.split(params)[1]).sum()
+        net, lik = self.split(params)
+        return self.likelihood.log_prob(self._net_output(net, x), y, lik).sum()
 
     def log_joint(self, params: Params, batch: Batch, *, prior: Prior | None = None) -> Tensor:
         """Unbiased minibatch estimate of ``log p(theta) + sum_{i<=N} log p(y_i | x_i, theta)``.
@@ -102,20 +109,23 @@ class ModelSpec:
     def log_joint_and_grad(self, params: Params, batch: Batch, *, prior: Prior | None = None) -> tuple[Tensor, Params]:
         """`log_joint` (detached scalar) and its gradient with respect to every parameter.
 
-        A prior with a closed-form gradient (`AnalyticGradPrior`) is differentiated by hand, which
-        spares autograd a graph over every weight; otherwise everything goes through autograd.
+        A prior with a closed-form gradient (`AnalyticGradPrior`) adds it in place into the
+        likelihood's gradient, which spares autograd a graph over every weight; otherwise everything
+        goes through autograd.
         """
         prior = prior or self.prior
+        # The method itself, not `isinstance(prior, AnalyticGradPrior)`: a runtime Protocol check
+        # inspects every member and costs more than the prior's arithmetic on a small net.
+        add_prior_grad_ = getattr(prior, "add_grad_log_prob_", None)
         leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
-        if not isinstance(prior, AnalyticGradPrior):
+        if add_prior_grad_ is None:
             value = self.log_joint(leaves, batch, prior=prior)
             return value.detach(), dict(zip(leaves, torch.autograd.grad(value, list(leaves.values()))))
         log_lik = (self.num_data / batch[0].shape[0]) * self.log_likelihood(leaves, batch)
-        grads = dict(zip(leaves, torch.autograd.grad(log_lik, list(leaves.values()))))
-        net = {k: v.detach() for k, v in self.split(params)[0].items()}
-        prior_grads = prior.grad_log_prob(net)
-        torch._foreach_add_([grads[k] for k in prior_grads], list(prior_grads.values()))
+        grads = dict(zip(leaves, _unaliased(torch.autograd.grad(log_lik, list(leaves.values())))))
         with torch.no_grad():
+            net = self.split(params)[0]
+            add_prior_grad_(net, grads)
             return prior.log_prob(net) + log_lik.detach(), grads
 
     def sample_functions(self, x: Tensor, num: int, *, generator: torch.Generator) -> Tensor:
@@ -133,3 +143,21 @@ class ModelSpec:
         """``[S, N, out]`` outputs for net-parameter draws with leading ``[S]``."""
         with torch.no_grad():
             return torch.vmap(lambda p: self.forward(p, x))(draws)
+
+
+def _has_tied_tensors(net: nn.Module) -> bool:
+    """Whether some parameter or buffer of ``net`` is registered under several names."""
+    tensors = [t for _, t in net.named_parameters(remove_duplicate=False)]
+    tensors += [t for _, t in net.named_buffers(remove_duplicate=False)]
+    return len({id(t) for t in tensors}) < len(tensors)
+
+
+def _unaliased(grads: tuple[Tensor, ...]) -> list[Tensor]:
+    """The gradients, with a copy wherever autograd returned one tensor for several inputs (it does,
+    e.g., for ``a`` and ``b`` in ``a + b``), so that adding to one in place leaves the others alone."""
+    seen: set[int] = set()
+    out = []
+    for g in grads:
+        out.append(g.clone() if g.data_ptr() in seen else g)
+        seen.add(g.data_ptr())
+    return out
