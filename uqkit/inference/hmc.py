@@ -23,6 +23,7 @@ from uqkit.inference.adaptation import WarmupState, restart_step_size, warmup_in
 from uqkit.inference.integrator import (
     array_log_density,
     energy_error,
+    integrating,
     kinetic_energy,
     leapfrog,
     to_numpy,
@@ -107,7 +108,7 @@ def find_step_size(
     eps = to_numpy(step_size)
     direction_up: np.ndarray | None = None
     done = np.zeros(eps.shape, dtype=bool)
-    with np.errstate(all="ignore"):
+    with integrating():
         for _ in range(max_iter):
             momentum = to_numpy(sample_momentum(state.inverse_mass, generator))
             energy0 = kinetic_energy(momentum, velocity(momentum)) - value0
@@ -268,7 +269,7 @@ class HMC(AdaptiveKernel):
         step_size = to_numpy(state.step_size)[:, None]
         alive = np.ones(num_chains, dtype=bool)
         steps_taken = np.zeros(num_chains, dtype=np.int64)
-        with np.errstate(all="ignore"):
+        with integrating():
             for i in range(hi):
                 active = alive & (num_steps > i)
                 position, momentum, v, value, grad = leapfrog(
