@@ -103,7 +103,9 @@ class _Slots:
     """
 
     def __init__(self, depth: int, like: np.ndarray) -> None:
-        self.p, self.v, self.r = np.empty((3, 2, depth + 1, *like.shape), like.dtype)
+        # zeros, not empty: `turning` reads slot ``[1, num]`` (no left half) before discarding its result, and
+        # garbage there (NaN, inf) raised floating-point warnings outside the samplers' errstate
+        self.p, self.v, self.r = np.zeros((3, 2, depth + 1, *like.shape), like.dtype)
 
     def leaf(self, n: int, depth: int, p: np.ndarray, v: np.ndarray, r: np.ndarray) -> np.ndarray | None:
         """Record leaf ``n`` of a subtree of ``2^depth`` leaves (``p``, ``v``, running sum ``r`` ``[C, D]``);
