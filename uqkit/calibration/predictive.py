@@ -161,8 +161,7 @@ class Predictive:
         if self.task == "classification":
             mu = self.mixture_probs()
             return _wsum(w, (self.probs - mu) ** 2)
-        mu_s = self.dist.mean
-        return _wsum(w, self.dist.variance + mu_s**2) - _wsum(w, mu_s) ** 2
+        return self.aleatoric_variance() + self.epistemic_variance()
 
     def aleatoric_variance(self) -> Tensor:
         """Expected per-draw variance ``E_s[Var(y | s)]`` (regression), ``[N]``/``[N, D]``."""
@@ -172,7 +171,8 @@ class Predictive:
     def epistemic_variance(self) -> Tensor:
         """Variance of the per-draw means ``Var_s[E(y | s)]`` (regression), ``[N]``/``[N, D]``."""
         self._require("regression", "epistemic_variance")
-        return (self.variance() - self.aleatoric_variance()).clamp_min(0)
+        w, mu_s = self.weights(), self.dist.mean
+        return _wsum(w, (mu_s - _wsum(w, mu_s)) ** 2)  # centred, so no cancellation against the squared mean
 
     def log_prob(self, y: object) -> Tensor:
         """``[N]`` log predictive density of the mixture at the observed targets (log-mean-exp over S).
