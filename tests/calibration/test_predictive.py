@@ -171,3 +171,15 @@ def test_bad_targets_name_the_argument():
         reg.quantile(1.0)
     with pytest.raises(ValueError, match="mixture_probs: only defined for classification"):
         reg.mixture_probs()
+
+
+def test_mixture_variance_keeps_a_small_spread_of_large_means():
+    """Law of total variance in float32 for means near 1000 that differ by 0.01: the spread (1e-4) is far below
+    float32's resolution of the squared mean (1e6 * 6e-8 = 0.06), so E[var + mu^2] - E[mu]^2 would lose it;
+    centred means keep it to a few ulps."""
+    means = 1000 + torch.tensor([-0.01, 0.0, 0.01], dtype=torch.float64)
+    pred = Predictive.from_distribution(torch.distributions.Normal(means.float().reshape(3, 1), torch.full((3, 1), 1e-3)))
+    stored = pred.dist.mean.double().flatten()  # the float32 means as stored
+    spread = ((stored - stored.mean()) ** 2).mean()
+    torch.testing.assert_close(pred.epistemic_variance().double().flatten(), spread.reshape(1), rtol=1e-3, atol=0)
+    torch.testing.assert_close(pred.variance().double().flatten(), (spread + 1e-6).reshape(1), rtol=1e-3, atol=0)
