@@ -38,14 +38,23 @@ WORKER = ("import sys, torch; import uqkit.inference.pfn, uqkit.models.pfn_prior
           "print('ready', flush=True); main(sys.argv[1:], prog_name='uqkit')")
 
 
+#: The progress-bar classes uqkit uses. Each keeps its own lock once it has made a bar (``tqdm.auto``'s class
+#: sets ``_lock`` on itself), so a lock set on ``tqdm.std.tqdm`` alone does not reach ``tqdm.auto.tqdm``.
+def _progress_classes() -> tuple[type, ...]:
+    import tqdm.auto
+    import tqdm.std
+
+    return tqdm.std.tqdm, tqdm.auto.tqdm
+
+
 @pytest.fixture(autouse=True)
 def _process_local_progress_lock(monkeypatch) -> None:
     """tqdm's default lock includes a multiprocessing semaphore that forked children share with this
-    process: a child killed while holding it would block every later progress bar here. Use a plain
-    thread lock (forked children replace it with their own, see `_forked_train`)."""
-    from tqdm import tqdm
-
-    monkeypatch.setattr(tqdm, "_lock", threading.RLock(), raising=False)
+    process: a child killed while holding it would block every later progress bar here (it did, in a full
+    run after other tests had made ``tqdm.auto`` bars). Use a plain thread lock on every progress-bar class
+    (forked children replace it with their own, see `_forked_train`)."""
+    for cls in _progress_classes():
+        monkeypatch.setattr(cls, "_lock", threading.RLock(), raising=False)
 
 
 def _start(args: list[str]) -> subprocess.Popen:
@@ -78,9 +87,8 @@ def _stale_temp_files(folder: Path) -> list[str]:
 
 def _forked_train(out: Path, steps: int, resume: bool) -> None:
     """Child entry point, with a fresh progress-bar lock (another thread may have held the parent's at the fork)."""
-    from tqdm import tqdm
-
-    tqdm.set_lock(threading.RLock())
+    for cls in _progress_classes():
+        cls._lock = threading.RLock()
     _train_here(out, steps, resume=resume)
 
 
