@@ -1,15 +1,15 @@
 """Benchmark for `uqkit.wrap` on frozen digits models (issue 6).
 
 1. Image-to-image: a convolutional denoiser for scikit-learn's 8x8 digits (noise sd 0.2, intensities
-   in [0, 1]) is trained, then frozen. BayesCap (trained on 25% of the denoiser's training images, the
-   paper's loss weights; the cap size chosen among `CAP_SIZES` by the BayesCap loss on the validation
-   images, never the test images)
-   against MC dropout on the base model (p = 0.2, 50 passes) and test-time augmentation (input + 5%
-   Gaussian noise, 50 passes): Pearson correlation between per-pixel |error| and predicted sd, UCE
-   (squared error vs variance, 15 bins), and the AUROC of per-image uncertainty, clean test inputs vs
-   corrupted ones: BayesCap's per-image mean GGD variance (the paper's score) and, labelled as a variant,
-   a per-image quantile of the per-pixel GGD variance, the quantile chosen on validation images with the
-   same corruptions (never the test images).
+   in [0, 1]) is trained, then frozen. BayesCap is trained on 25% of the denoiser's training images, each
+   with `CAP_NOISE_DRAWS` fresh noise draws (the denoiser itself drew fresh noise every epoch), with the
+   paper's loss weights; the cap size and the shape floor ``beta_min`` are chosen among `CAP_SIZES` x
+   `BETA_MINS` by the BayesCap loss on the validation images, never the test images. That one cap (the
+   paper's method) and an ensemble of `NUM_CAPS` such caps (``num_caps``, each from its own initialisation)
+   are compared with MC dropout on the base model (p = 0.2, 50 passes) and test-time augmentation (input +
+   5% Gaussian noise, 50 passes): Pearson correlation between per-pixel |error| and predicted sd, UCE
+   (squared error vs variance, 15 bins), and the AUROC of per-image mean uncertainty (the paper's score),
+   clean test inputs vs corrupted ones.
 2. Classifier: the demo's frozen digits MLP (64-256-256-256-10, Adam, no weight decay, no early stopping,
    300 epochs to near-zero training loss; its overconfidence is checked on the validation split) over
    several seeds (mean +- standard error over seeds, paired differences). ECE (15 bins) on 540 test points
@@ -62,13 +62,14 @@ TRAIN_SHARE, TEST_SHARE = 0.6, 0.2  # of the 1797 digits; the rest is validation
 CAP_FRACTION = 0.25  # BayesCap sees at most this share of the denoiser's training images
 NUM_PASSES = 50  # MC dropout / test-time augmentation passes
 TTA_NOISE_SD = 0.05
-#: Conv caps for 8x8 images, ``(feature maps, residual blocks)``, no larger than the frozen denoiser; the one with
-#: the lowest BayesCap loss on the validation images is used. Within a fit, the best of 200 epochs by the loss on
-#: the cap's own held-out 10% is kept.
+CAP_NOISE_DRAWS = 20  # noisy copies of each cap training image
+#: Conv caps for 8x8 images, ``(feature maps, residual blocks)`` (0.3x, 1x and 5.7x the frozen denoiser's
+#: parameters), and shape floors (the paper's 0.01 and two larger); the pair with the lowest BayesCap loss on the
+#: validation images is used. Within a fit, the best of 20 epochs by the loss on the cap's own held-out 10% is kept.
 CAP_SIZES = ((8, 1), (16, 1), (32, 2))
-#: Candidate per-image quantiles of the per-pixel GGD variance for the OOD-score variant, chosen on validation images.
-OOD_QUANTILES = (0.5, 0.75, 0.9, 0.95, 0.99, 1.0)
-CAP_OPTIONS = {"num_epochs": 200, "batch_size": 32, "train_fraction": CAP_FRACTION, "progress": False}
+BETA_MINS = (0.01, 0.3, 1.0)
+NUM_CAPS = 5
+CAP_OPTIONS = {"num_epochs": 20, "batch_size": 32, "progress": False}
 
 
 def show(label: str, value: str) -> None:
@@ -104,6 +105,15 @@ def split_rows(num: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Te
 
 def add_noise(x: Tensor, sd: float, generator: torch.Generator) -> Tensor:
     return x + sd * torch.randn(x.shape, generator=generator, dtype=x.dtype)
+
+
+def cap_training_pairs(train_images: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """BayesCap's training pairs: `CAP_FRACTION` of the denoiser's training images, each `CAP_NOISE_DRAWS` times
+    with fresh noise, as ``(noisy inputs, clean targets)``."""
+    num_images = math.floor(CAP_FRACTION * len(train_images))
+    subset = train_images[torch.randperm(len(train_images), generator=generator)[:num_images]]
+    clean = subset.repeat(CAP_NOISE_DRAWS, 1, 1, 1)
+    return add_noise(clean, NOISE_SD, generator), clean
 
 
 def train_denoiser(clean: Tensor, generator: torch.Generator, epochs: int = 80) -> Denoiser:
@@ -152,41 +162,26 @@ def corruptions(x_clean: Tensor, generator: torch.Generator) -> dict[str, Tensor
 
 
 def select_cap(model: Denoiser, fit_data: tuple[Tensor, Tensor], val_data: tuple[Tensor, Tensor], seed: int) -> BayesCap:
-    """Fit a cap of each size in `CAP_SIZES`; return the one with the lowest BayesCap loss on ``val_data``."""
+    """Fit one cap per size in `CAP_SIZES` and floor in `BETA_MINS`; return the one with the lowest BayesCap loss on
+    ``val_data``."""
     best_loss, best = math.inf, None
-    for hidden, num_blocks in CAP_SIZES:
-        t0 = time.perf_counter()
-        cap = wrap(model, "bayescap", seed=seed, hidden=hidden, num_blocks=num_blocks, **CAP_OPTIONS).fit(*fit_data)
-        with torch.no_grad():
-            y_hat = model(val_data[0])
-            loss = float(bayescap_loss(*cap.cap_outputs(y_hat), y_hat, val_data[1]))
-        show(f"  cap {hidden} maps x {num_blocks} block(s): fit (s) / validation loss", f"{time.perf_counter() - t0:.1f} / {loss:.5f}")
-        if loss < best_loss:
-            best_loss, best = loss, cap
+    with torch.no_grad():
+        y_hat = model(val_data[0])
+    for beta_min in BETA_MINS:
+        for hidden, num_blocks in CAP_SIZES:
+            t0 = time.perf_counter()
+            cap = wrap(model, "bayescap", seed=seed, hidden=hidden, num_blocks=num_blocks, beta_min=beta_min,
+                       **CAP_OPTIONS).fit(*fit_data)
+            with torch.no_grad():
+                loss = float(bayescap_loss(*cap.cap_outputs(y_hat), y_hat, val_data[1]))
+            show(f"  cap {hidden} maps x {num_blocks} block(s), beta_min {beta_min}: fit (s) / validation loss",
+                 f"{time.perf_counter() - t0:.1f} / {loss:.5f}")
+            if loss < best_loss:
+                best_loss, best = loss, cap
     return best
 
 
-def select_ood_quantile(cap: BayesCap, x_clean: Tensor, corrupted: dict[str, Tensor]) -> float:
-    """The per-image quantile of per-pixel GGD variance (from `OOD_QUANTILES`) with the highest mean AUROC over the
-    corruptions of validation images; every candidate's AUROCs are printed, the paper's mean beside them."""
-    def per_pixel(x: Tensor) -> Tensor:
-        return cap(x).predictive.variance().reshape(len(x), -1)
-
-    clean, bad = per_pixel(x_clean), {k: per_pixel(x) for k, x in corrupted.items()}
-    aggregates = {"mean (paper)": lambda v: v.mean(-1), **{f"q{q:.2f}": (lambda v, q=q: torch.quantile(v, q, dim=-1))
-                                                         for q in OOD_QUANTILES}}
-    print("  validation OOD AUROC per per-image aggregate of the per-pixel GGD variance; columns: " + "; ".join(corrupted)
-          + "; their mean:")
-    best, best_auroc = OOD_QUANTILES[0], -1.0
-    for name, aggregate in aggregates.items():
-        aurocs = [float(ood_auroc(aggregate(clean), aggregate(v))) for v in bad.values()]
-        show(f"    {name}", " ".join(f"{a:.3f}" for a in aurocs) + f"; {np.mean(aurocs):.3f}")
-        if name != "mean (paper)" and np.mean(aurocs) > best_auroc:
-            best, best_auroc = float(name[1:]), float(np.mean(aurocs))
-    return best
-
-
-def image_to_image(seed: int) -> tuple[Denoiser, Tensor, Tensor, tuple[int, int]]:
+def image_to_image(seed: int) -> tuple[Denoiser, Tensor, Tensor, dict[str, object]]:
     print("\n== BayesCap on a frozen digits denoiser ==", flush=True)
     gen = torch.Generator().manual_seed(seed)
     images = digit_images()
@@ -194,19 +189,24 @@ def image_to_image(seed: int) -> tuple[Denoiser, Tensor, Tensor, tuple[int, int]
     t0 = time.perf_counter()
     model = train_denoiser(images[train], gen)
     show("base denoiser trained (s)", f"{time.perf_counter() - t0:.1f}")
-    cap_clean = images[train]
-    cap_inputs = add_noise(cap_clean, NOISE_SD, gen)
-    print(f"  BayesCap trained on {CAP_FRACTION:.0%} of {len(train)} training images; size chosen on {len(val)} validation images:")
+    cap_inputs, cap_clean = cap_training_pairs(images[train], gen)
+    print(f"  BayesCap trained on {len(cap_clean) // CAP_NOISE_DRAWS} of the {len(train)} training images "
+          f"({CAP_FRACTION:.0%}) x {CAP_NOISE_DRAWS} noise draws; size and beta_min chosen on {len(val)} validation images:")
     x_val = add_noise(images[val], NOISE_SD, gen)
     cap = select_cap(model, (cap_inputs, cap_clean), (x_val, images[val]), seed)
-    show("  chosen cap: feature maps / residual blocks", f"{cap.hidden} / {cap.num_blocks}")
+    chosen = {"hidden": cap.hidden, "num_blocks": cap.num_blocks, "beta_min": cap.beta_min}
+    show("  chosen cap: feature maps / residual blocks / beta_min", f"{cap.hidden} / {cap.num_blocks} / {cap.beta_min}")
+    t0 = time.perf_counter()
+    caps = wrap(model, "bayescap", seed=seed, num_caps=NUM_CAPS, **chosen, **CAP_OPTIONS).fit(cap_inputs, cap_clean)
+    show(f"  ensemble of {NUM_CAPS} such caps fitted (s; its cap 1 is the chosen cap)", f"{time.perf_counter() - t0:.1f}")
 
     x_test, y_test = add_noise(images[test], NOISE_SD, gen), images[test]
     out = cap(x_test)
     err = out.output - y_test
     show("denoiser test RMSE (noisy input RMSE)", f"{err.pow(2).mean().sqrt():.4f} ({(x_test - y_test).pow(2).mean().sqrt():.4f})")
     variances = {
-        "BayesCap (GGD variance)": out.predictive.variance().reshape(err.shape),
+        "BayesCap, one cap (GGD variance)": out.predictive.variance().reshape(err.shape),
+        f"BayesCap, {NUM_CAPS} caps (mixture variance)": caps(x_test).predictive.variance().reshape(err.shape),
         f"MC dropout (p=0.2, {NUM_PASSES} passes)": mc_dropout_variance(model, x_test, seed),
         f"test-time augmentation ({TTA_NOISE_SD:.0%} noise, {NUM_PASSES} passes)": tta_variance(model, x_test, gen),
     }
@@ -217,15 +217,10 @@ def image_to_image(seed: int) -> tuple[Denoiser, Tensor, Tensor, tuple[int, int]
         show(f"  {name}", f"r = {r:.3f}  UCE = {uce:.5f}")
     show("  (mean squared error of the frozen output, for scale)", f"{err.pow(2).mean():.5f}")
 
-    quantile = select_ood_quantile(cap, x_val, corruptions(images[val], gen))
-    variant = copy.copy(cap)  # the same fitted cap (shared), scored by the chosen quantile
-    variant.ood_quantile = quantile
-    print("  OOD AUROC, clean vs corrupted test inputs (goal >= 0.90). BayesCap: per-image mean GGD variance (paper) and")
-    print(f"  the variant: per-image {quantile:.2f}-quantile of the per-pixel GGD variance (quantile chosen on validation")
-    print("  images with the same corruptions); MC dropout and TTA: per-image mean variance:")
+    print("  OOD AUROC, clean vs corrupted test inputs (goal >= 0.90), each by its per-image mean variance:")
     scorers = {
-        "BayesCap mean": cap.ood_score,
-        f"BayesCap q{quantile:.2f}": variant.ood_score,
+        "BayesCap 1 cap": cap.ood_score,
+        f"BayesCap {NUM_CAPS} caps": caps.ood_score,
         "MC dropout": lambda x: mc_dropout_variance(model, x, seed).flatten(1).mean(1),
         "TTA": lambda x: tta_variance(model, x, gen).flatten(1).mean(1),
     }
@@ -233,7 +228,7 @@ def image_to_image(seed: int) -> tuple[Denoiser, Tensor, Tensor, tuple[int, int]
     for corruption, x_bad in corruptions(images[test], gen).items():
         cells = "  ".join(f"{name} {float(ood_auroc(score_in[name], score(x_bad))):.3f}" for name, score in scorers.items())
         show(f"  {corruption}", cells)
-    return model, cap_inputs, cap_clean, (cap.hidden, cap.num_blocks)
+    return model, cap_inputs, cap_clean, chosen
 
 
 # ---------------------------------------------------------------------------------- classifier
@@ -386,22 +381,22 @@ def netcal_temperature(model: nn.Module, x_val: Tensor, y_val: Tensor, x_test: T
 
 
 # -------------------------------------------------------------------------------------- memory
-def memory_probe(job: str, seed: int, cap_size: tuple[int, int]) -> dict[str, float]:
+def memory_probe(job: str, seed: int, cap: dict[str, object]) -> dict[str, float]:
     """Run in a fresh interpreter with MALLOC_ENV: peak extra resident memory of 5 epochs of ``job``.
 
-    ``job`` is "cap" (BayesCap training) or "base" (training the denoiser itself). One warm-up epoch
-    runs first, so lazy imports and first-call allocations are not counted.
+    ``job`` is "cap" (BayesCap training, one cap with the options ``cap``, on its training pairs) or "base"
+    (training the denoiser itself). One warm-up epoch runs first, so lazy imports and first-call allocations
+    are not counted.
     """
     torch.set_num_threads(1)
-    hidden, num_blocks = cap_size
     gen = torch.Generator().manual_seed(seed)
     images = digit_images()
     clean = images[split_rows(len(images), gen)[0]]
-    inputs = add_noise(clean, NOISE_SD, gen)
+    cap_inputs, cap_clean = cap_training_pairs(clean, gen)
     model = Denoiser().eval()
     jobs = {
-        "cap": lambda epochs: wrap(model, "bayescap", seed=seed, hidden=hidden, num_blocks=num_blocks,
-                                   **dict(CAP_OPTIONS, num_epochs=epochs)).fit(inputs, clean),
+        "cap": lambda epochs: wrap(model, "bayescap", seed=seed, **cap, **dict(CAP_OPTIONS, num_epochs=epochs)).fit(
+            cap_inputs, cap_clean),
         "base": lambda epochs: train_denoiser(clean, gen, epochs=epochs),
     }
     jobs[job](1)
@@ -411,23 +406,22 @@ def memory_probe(job: str, seed: int, cap_size: tuple[int, int]) -> dict[str, fl
     return {"check_known_bytes": known, "check_measured_bytes": check, "peak_bytes": peak}
 
 
-def memory(model: Denoiser, cap_inputs: Tensor, cap_clean: Tensor, seed: int, cap_size: tuple[int, int]) -> None:
-    print(f"\n== Memory: BayesCap training ({cap_size[0]} maps x {cap_size[1]} blocks) against the frozen model ==", flush=True)
+def memory(model: Denoiser, cap_inputs: Tensor, cap_clean: Tensor, seed: int, chosen: dict[str, object]) -> None:
+    print(f"\n== Memory: training one BayesCap ({chosen['hidden']} maps x {chosen['num_blocks']} blocks) against the frozen "
+          "model (an ensemble trains its caps one after another) ==", flush=True)
     frozen_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    cap = wrap(model, "bayescap", seed=seed, hidden=cap_size[0], num_blocks=cap_size[1],
-               **dict(CAP_OPTIONS, num_epochs=1)).fit(cap_inputs, cap_clean)
-    cap_bytes = sum(p.numel() * p.element_size() for p in cap.cap_.parameters())
-    num_cached = math.ceil(CAP_FRACTION * len(cap_inputs))
+    cap = wrap(model, "bayescap", seed=seed, **chosen, **dict(CAP_OPTIONS, num_epochs=1)).fit(cap_inputs, cap_clean)
+    cap_bytes = sum(p.numel() * p.element_size() for p in cap.caps_[0].parameters())
+    num_cached = len(cap_inputs)
     cached = 2 * num_cached * cap_inputs[0].numel() * cap_inputs.element_size()  # frozen outputs and targets
     show("frozen denoiser parameters + buffers (KiB)", f"{frozen_bytes / 1024:.1f}")
     show("cap parameters (KiB)", f"{cap_bytes / 1024:.1f}")
     show("cap training state: params, grads, 2 Adam moments (KiB)", f"{4 * cap_bytes / 1024:.1f}")
-    show(f"cached frozen outputs + targets, {num_cached} images (KiB)", f"{cached / 1024:.1f}")
+    show(f"cached frozen outputs + targets, {num_cached} training pairs (KiB)", f"{cached / 1024:.1f}")
     peaks = {}
     for job, label in (("cap", "BayesCap training"), ("base", "base denoiser training")):
-        size = f"{cap_size[0]},{cap_size[1]}"
         out = subprocess.run([sys.executable, os.path.abspath(__file__), "--memory-probe", job, "--seed", str(seed),
-                              "--cap-size", size],
+                              "--cap", json.dumps(chosen)],
                              env={**os.environ, **MALLOC_ENV}, capture_output=True, text=True, check=True)
         probe = json.loads(out.stdout)
         peaks[job] = probe["peak_bytes"]
@@ -447,21 +441,20 @@ def main() -> None:
     parser.add_argument("--classifier-epochs", type=int, default=300, help="training epochs (last session's model: 60)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--memory-probe", choices=("cap", "base"), help=argparse.SUPPRESS)
-    parser.add_argument("--cap-size", default="16,1", help=argparse.SUPPRESS)
+    parser.add_argument("--cap", default='{"hidden": 16, "num_blocks": 1, "beta_min": 0.3}', help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_probe:
-        hidden, num_blocks = (int(v) for v in args.cap_size.split(","))
-        print(json.dumps(memory_probe(args.memory_probe, args.seed, (hidden, num_blocks))))
+        print(json.dumps(memory_probe(args.memory_probe, args.seed, json.loads(args.cap))))
         return
     torch.set_num_threads(args.threads)
     print(f"uqkit.wrap benchmark, seed {args.seed}, torch {torch.__version__} [{context_str()}]")
     t0 = time.perf_counter()
     if not args.skip_images:
-        model, cap_inputs, cap_clean, cap_size = image_to_image(args.seed)
+        model, cap_inputs, cap_clean, chosen = image_to_image(args.seed)
     if not args.skip_classifier:
         classifier([int(v) for v in args.classifier_seeds.split(",")], args.classifier_depth, args.classifier_epochs)
     if not args.skip_images:
-        memory(model, cap_inputs, cap_clean, args.seed, cap_size)
+        memory(model, cap_inputs, cap_clean, args.seed, chosen)
     print(f"\ntotal {time.perf_counter() - t0:.0f} s [{context_str()}]")
 
 

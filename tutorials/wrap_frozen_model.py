@@ -14,7 +14,7 @@ A model is trained once (standing in for one you were handed and may not retrain
 The same lines work for "laplace" (last-layer Laplace) and "mahalanobis" (an OOD score on the
 penultimate features) on the digits classifier, and for "bayescap" on a regressor (scikit-learn's
 diabetes data) and on an image-to-image model (a digits denoiser). Each method writes a report under ``--out``;
-an index page links them. Runs in about three minutes (178 s measured on a busy two-core machine).
+an index page links them. Runs in about three minutes (191 s measured on a busy two-core machine).
 """
 
 from __future__ import annotations
@@ -117,21 +117,28 @@ def denoiser_part(out_dir: Path, generator: torch.Generator) -> dict[str, dict[s
     train, test = images[order[:1200]], images[order[1200:]]
     noise_sd = 0.2
     model = train_denoiser(train, noise_sd, generator).eval()
-    x_fit = train + noise_sd * torch.randn(train.shape, generator=generator)
-    x_test = test + noise_sd * torch.randn(test.shape, generator=generator)
-    # Shifted inputs: inverted intensities. BayesCap sees only the model's output, so it flags inputs whose
-    # outputs look unusual; corruptions the denoiser maps to ordinary-looking digits (heavier noise, rotation,
-    # blur) it flags far less well, as the cap's variance on such outputs is no higher than on clean ones
-    # (see benchmarks/bench_wrap.py).
-    x_ood = 1 - test + noise_sd * torch.randn(test.shape, generator=generator)
 
-    # BayesCap trains a cap on the model's outputs, here a small one (smaller than the model) on a quarter of
-    # the training images.
-    wrapped = wrap(model, "bayescap", hidden=16, num_blocks=1, train_fraction=0.25, num_epochs=60, progress=False)
-    wrapped.fit(x_fit, train)
+    def noisy(x: Tensor, sd: float = noise_sd) -> Tensor:
+        return x + sd * torch.randn(x.shape, generator=generator)
+
+    # BayesCap trains caps on the model's outputs: here on a quarter of the training images, each with ten
+    # fresh noise draws (the denoiser, too, saw fresh noise every epoch). Three caps from different
+    # initialisations (num_caps=3) add their disagreement to the GGD variance; it grows on outputs unlike
+    # the training ones. beta_min=0.3 keeps the GGD shape away from the heavy tails whose variance explodes.
+    quarter = train[: len(train) // 4].repeat(10, 1, 1, 1)
+    wrapped = wrap(model, "bayescap", hidden=32, num_blocks=2, num_caps=3, beta_min=0.3, num_epochs=20, progress=False)
+    wrapped.fit(noisy(quarter), quarter)
+    x_test = noisy(test)
     out = wrapped(x_test[:200])  # 200 test images (12800 pixels) keep the report quick
     report = evaluate(out.predictive, test[:200].reshape(200, -1), title="Frozen digits denoiser wrapped with BayesCap")
-    report.metrics["bayescap_ood_score_auroc"] = float(ood_auroc(wrapped.ood_score(x_test), wrapped.ood_score(x_ood)))
+    # Shifted inputs: corrupted digits. The per-image mean variance is BayesCap's OOD score.
+    shifted = {"heavier noise (sd 0.5)": noisy(test, 0.5), "inverted": noisy(1 - test),
+               "rotated 90 degrees": noisy(test.rot90(1, dims=(2, 3))),
+               "3x3 blur": noisy(nn.functional.avg_pool2d(test, 3, 1, 1))}
+    clean_score = wrapped.ood_score(x_test)
+    aurocs = {name: float(ood_auroc(clean_score, wrapped.ood_score(x))) for name, x in shifted.items()}
+    print("BayesCap OOD AUROC, clean vs " + ", ".join(f"{name} {auroc:.3f}" for name, auroc in aurocs.items()))
+    report.metrics["bayescap_ood_score_auroc"] = min(aurocs.values())  # the worst of the four corruptions
     report.to_html(out_dir / "bayescap-denoiser")
     return {"bayescap-denoiser": report.metrics}
 
@@ -146,7 +153,8 @@ def write_index(out_dir: Path, results: dict[str, dict[str, float]]) -> Path:
         link = f"<a href='{html.escape(name)}/report.html'>{html.escape(name)}</a>" if (out_dir / name).is_dir() else html.escape(name)
         rows.append(f"<tr><td>{link}</td>{cells}</tr>")
     page = ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>uqkit.wrap tutorial</title></head><body>"
-            "<h1>Frozen models with uncertainty (uqkit.wrap)</h1><p>nan = not defined for that task.</p>"
+            "<h1>Frozen models with uncertainty (uqkit.wrap)</h1><p>nan = not defined for that task. The "
+            "denoiser's own OOD score AUROC is the worst over four corruptions of the test digits.</p>"
             f"<table><tr><th>method</th>{head}</tr>{''.join(rows)}</table></body></html>")
     path = out_dir / "index.html"
     path.write_text(page, encoding="utf-8")

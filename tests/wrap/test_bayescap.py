@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file, safe_open, save_file
 from scipy import stats
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -61,7 +63,7 @@ def test_conv_cap_on_images_and_ood_score_is_mean_variance(generator):
     images = torch.rand(40, 2, 5, 5, generator=generator)
     targets = images + 0.1 * torch.randn(images.shape, generator=generator)
     cap = wrap(nn.Identity(), "bayescap", **FAST).fit(images, targets)
-    assert isinstance(cap.cap_.stem[0], nn.Conv2d)
+    assert isinstance(cap.caps_[0].stem[0], nn.Conv2d)
     out = cap(images[:7])
     assert out.predictive.dist.batch_shape == (1, 7, 50)
     assert torch.equal(out.predictive.mean(), images[:7].reshape(7, 50))
@@ -110,7 +112,7 @@ def test_train_fraction_runs_the_model_on_that_share_only(generator, use_loader)
     data = (DataLoader(TensorDataset(x, x), batch_size=10),) if use_loader else (x, x)
     cap = BayesCap(model, train_fraction=0.25, val_fraction=0.2, **FAST).fit(*data)
     assert model.rows_seen == (30 if use_loader else 25)  # 3 of 10 batches, or 25 of 100 rows
-    assert len(cap.history_["val_loss"]) == FAST["num_epochs"]
+    assert len(cap.history_) == 1 and len(cap.history_[0]["val_loss"]) == FAST["num_epochs"]
 
 
 def test_training_is_reproducible_and_keeps_the_best_epoch(generator):
@@ -119,14 +121,81 @@ def test_training_is_reproducible_and_keeps_the_best_epoch(generator):
     a = BayesCap(nn.Identity(), seed=4, **options).fit(y_hat, y)
     b = BayesCap(nn.Identity(), seed=4, **options).fit(y_hat, y)
     assert torch.equal(a.ood_score(y_hat), b.ood_score(y_hat))
-    best = min(a.history_["val_loss"])
+    best = min(a.history_[0]["val_loss"])
     num_val = math.floor(0.1 * 200)
     order = torch.randperm(200, generator=torch.Generator().manual_seed(4))
-    with torch.no_grad():
-        assert float(a._loss(y_hat[order[:num_val]], y[order[:num_val]])) == pytest.approx(best, rel=1e-12)
+    assert a._mean_loss(a.caps_[0], y_hat[order[:num_val]], y[order[:num_val]]) == best
+    with torch.no_grad():  # the batched mean is the mean over all validation elements, up to float32 rounding
+        assert float(a._loss(a.caps_[0], y_hat[order[:num_val]], y[order[:num_val]])) == pytest.approx(best, rel=1e-6)
 
 
 def test_linear_residual_variant_trains(generator):
     y_hat, y, _ = _heteroscedastic(100, generator)
     cap = BayesCap(nn.Identity(), ggd_residual="linear", **FAST).fit(y_hat, y)
     assert bool(torch.isfinite(cap.ood_score(y_hat)).all())
+
+
+def test_ensemble_of_caps_is_a_mixture_centred_on_the_frozen_output(generator, tmp_path):
+    """K caps: each trained as one cap would be from its own stream (cap k of the ensemble differs from cap 0),
+    the predictive is the equal-weight mixture of their GGDs shifted by ``mu_k - mean(mu)``, its variance is the
+    law of total variance, and the OOD score is the per-sample mean of that; save/load keeps every cap."""
+    images = torch.rand(40, 1, 4, 4, generator=generator)
+    targets = images + 0.1 * torch.randn(images.shape, generator=generator)
+    single = wrap(nn.Identity(), "bayescap", **FAST).fit(images, targets)
+    ensemble = wrap(nn.Identity(), "bayescap", num_caps=3, **FAST).fit(images, targets)
+    assert len(ensemble.caps_) == 3 and len(ensemble.history_) == 3
+    # Cap 0 of the ensemble is the single cap (same seed, same stream); the others differ.
+    for a, b in zip(single.caps_[0].parameters(), ensemble.caps_[0].parameters()):
+        assert torch.equal(a, b)
+    assert not torch.equal(ensemble.caps_[0].stem[0].weight, ensemble.caps_[1].stem[0].weight)
+
+    x = images[:5]
+    out = ensemble(x)
+    assert torch.equal(out.output, x)
+    mu, alpha, beta = (t.detach().reshape(3, 5, 16).double() for t in ensemble.cap_outputs(x))
+    loc = x.reshape(1, 5, 16).double() + mu - mu.mean(0)
+    dist = out.predictive.dist
+    torch.testing.assert_close(dist.loc.double(), loc, rtol=0, atol=1e-6)
+    torch.testing.assert_close(out.predictive.mean().double(), x.reshape(5, 16).double(), rtol=0, atol=1e-6)
+    aleatoric = torch.from_numpy(stats.gennorm.var(beta.numpy(), scale=alpha.numpy())).mean(0)
+    spread = mu.var(0, correction=0)
+    torch.testing.assert_close(out.predictive.variance().double(), aleatoric + spread, rtol=1e-5, atol=0)
+    torch.testing.assert_close(out.predictive.epistemic_variance().double(), spread, rtol=1e-4, atol=1e-12)
+    torch.testing.assert_close(ensemble.ood_score(x).double(), (aleatoric + spread).mean(-1), rtol=1e-5, atol=0)
+    assert bool((spread > 0).all())
+
+    ensemble.save(tmp_path / "caps.safetensors")
+    loaded = BayesCap.load(tmp_path / "caps.safetensors", nn.Identity())
+    assert loaded.num_caps == 3
+    assert torch.equal(loaded.ood_score(x), ensemble.ood_score(x))
+
+
+def test_beta_min_bounds_the_shape(generator):
+    """Every predicted shape is at least ``beta_min`` (it is added to a softplus); the floor is validated."""
+    y_hat, y, _ = _heteroscedastic(100, generator)
+    cap = BayesCap(nn.Identity(), beta_min=0.5, **FAST).fit(y_hat, y)
+    far = torch.linspace(-1e3, 1e3, 101).unsqueeze(-1)  # far outside the fitted outputs
+    assert float(cap.cap_outputs(far)[2].detach().min()) >= 0.5
+    for bad in (0.0, -1.0, 2.0, float("nan")):
+        with pytest.raises(ValueError, match="^beta_min: "):
+            BayesCap(nn.Identity(), beta_min=bad)
+    with pytest.raises(ValueError, match="^num_caps: "):
+        BayesCap(nn.Identity(), num_caps=0)
+
+
+def test_single_cap_files_from_before_num_caps_still_load(generator, tmp_path):
+    """Files written before ``num_caps`` existed store one cap under "cap." and no ``num_caps``/``beta_min`` option."""
+    y_hat, y, _ = _heteroscedastic(60, generator)
+    cap = BayesCap(nn.Identity(), **FAST).fit(y_hat, y)
+    cap.save(tmp_path / "new.safetensors")
+    tensors = load_file(tmp_path / "new.safetensors")
+    with safe_open(tmp_path / "new.safetensors", "pt") as f:
+        meta = dict(f.metadata())
+    options = json.loads(meta["options"])
+    del options["num_caps"], options["beta_min"]
+    meta["options"] = json.dumps(options)
+    legacy = {(f"cap.{k[len('caps.0.'):]}" if k.startswith("caps.0.") else k): v for k, v in tensors.items()}
+    save_file(legacy, tmp_path / "old.safetensors", metadata=meta)
+    loaded = BayesCap.load(tmp_path / "old.safetensors", nn.Identity())
+    assert loaded.num_caps == 1
+    assert torch.equal(loaded.ood_score(y_hat), cap.ood_score(y_hat))

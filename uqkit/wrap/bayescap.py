@@ -10,6 +10,12 @@ averaged over elements (the paper's power form; ``ggd_residual="linear"`` uses t
 ``alpha^2 Gamma(3/beta) / Gamma(1/beta)`` per element; its per-sample mean is the OOD score (the paper's;
 ``ood_quantile=q`` scores by the q-quantile of a sample's per-element variances instead, a variant).
 
+``num_caps=K`` trains K caps from different initialisations and data orders on the same data (a deep
+ensemble of caps, an extension of the paper): the predictive is their equal-weight mixture, each GGD
+shifted by its cap's ``mu`` minus the caps' mean ``mu`` so the mixture stays centred on ``y_hat``; its
+variance adds the spread of the caps' ``mu`` (disagreement, which grows off the training outputs) to
+their mean GGD variance, and the OOD score is the per-sample mean of that total variance.
+
 Vector outputs ``[N, D]`` get an MLP cap, image outputs ``[N, C, H, W]`` a small convolutional cap
 (3x3 convolutions; both: a stem, residual blocks, a global skip and three heads). Departures from the
 paper's SRGAN cap, for small outputs: the ``mu`` head predicts a correction added to ``y_hat``
@@ -35,7 +41,8 @@ from uqkit.wrap.ggd import GeneralizedGaussian, ggd_variance
 
 #: Added to the ``1/alpha`` head before inverting it (the paper's alpha-eps).
 ALPHA_EPS = 1e-5
-#: Added to the ``beta`` head (the paper's beta-eps), keeping ``Gamma(1/beta)`` finite.
+#: The paper's beta-eps, added to the ``beta`` head: the default ``beta_min``. Below about 0.075 the GGD
+#: variance ``Gamma(3/beta) / Gamma(1/beta)`` overflows float32.
 BETA_EPS = 1e-2
 #: The linear residual term is clamped to this range, as in the released code (the power form is not:
 #: there a clamp at the top stops the gradient of badly fitted elements and lets beta run away).
@@ -78,10 +85,12 @@ class Cap(nn.Module):
         hidden: hidden width (MLP) or number of feature maps (conv).
         num_blocks: residual blocks in the trunk.
         conv: 3x3 convolutions on ``[N, C, H, W]`` instead of linear layers on ``[N, D]``.
+        beta_min: added to the ``beta`` head's softplus, the smallest shape the cap can predict.
     """
 
-    def __init__(self, num_channels: int, hidden: int, num_blocks: int, conv: bool) -> None:
+    def __init__(self, num_channels: int, hidden: int, num_blocks: int, conv: bool, beta_min: float = BETA_EPS) -> None:
         super().__init__()
+        self.beta_min = beta_min
 
         def layer(n_in: int, n_out: int) -> nn.Module:
             return nn.Conv2d(n_in, n_out, 3, padding=1) if conv else nn.Linear(n_in, n_out)
@@ -104,7 +113,7 @@ class Cap(nn.Module):
         for block in self.blocks:
             h = h + block(h)
         h = h + stem
-        return self.mu_head(h), 1 / (self.inv_alpha_head(h) + ALPHA_EPS), self.beta_head(h) + BETA_EPS
+        return self.mu_head(h), 1 / (self.inv_alpha_head(h) + ALPHA_EPS), self.beta_head(h) + self.beta_min
 
     def reset_parameters(self, generator: torch.Generator) -> None:
         """Kaiming-normal weights from ``generator``, zero biases, and a calm start.
@@ -122,7 +131,7 @@ class Cap(nn.Module):
             nn.init.zeros_(layer.weight)
         with torch.no_grad():
             self.inv_alpha_head[-2].bias.fill_(_inverse_softplus(1.0 - ALPHA_EPS))
-            self.beta_head[-2].bias.fill_(_inverse_softplus(2.0 - BETA_EPS))
+            self.beta_head[-2].bias.fill_(_inverse_softplus(2.0 - self.beta_min))
 
 
 def _inverse_softplus(value: float) -> float:
@@ -143,9 +152,13 @@ class BayesCap(FrozenWrapper, method="bayescap"):
         train_fraction: share of the fitting data used, in (0, 1] (the paper trains on a fraction).
         val_fraction: share of that held out to keep the best epoch by validation loss, in [0, 1).
         identity_weight, ggd_weight, ggd_residual: see `bayescap_loss`.
-        ood_quantile: None scores a sample by the mean of its per-element GGD variances (paper); a number
+        ood_quantile: None scores a sample by the mean of its per-element (total) variances (paper); a number
             in [0, 1] by their quantile (a variant: e.g. 0.9 responds to a few very uncertain pixels).
-        seed: seeds the subset, the split, the cap's initialisation and the shuffling.
+        num_caps: caps trained from different initialisations (an ensemble of caps, see the module docstring).
+        beta_min: the smallest GGD shape the caps predict, in (0, 2); the paper's 0.01 by default. Shapes
+            near it have enormous variances (``beta = 0.3``: 1.3e5 alpha^2), so a larger floor gives
+            steadier per-element variances.
+        seed: seeds the subset, the split, the caps' initialisation and the shuffling.
         progress: show a progress bar over epochs.
     """
 
@@ -165,6 +178,8 @@ class BayesCap(FrozenWrapper, method="bayescap"):
         ggd_weight: float = 5e-2,
         ggd_residual: Literal["power", "linear"] = "power",
         ood_quantile: float | None = None,
+        num_caps: int = 1,
+        beta_min: float = BETA_EPS,
         seed: int = 0,
         progress: bool = True,
     ) -> None:
@@ -183,15 +198,20 @@ class BayesCap(FrozenWrapper, method="bayescap"):
         if ood_quantile is not None:
             ood_quantile = check_fraction(ood_quantile, "ood_quantile", allow_zero=True)
         self.ood_quantile = ood_quantile
+        self.num_caps = check_count(num_caps, "num_caps")
+        self.beta_min = check_positive(beta_min, "beta_min")
+        if self.beta_min >= 2:
+            raise ValueError(f"beta_min: expected a value in (0, 2) (the caps start at beta = 2), got {beta_min!r}")
         self.seed = check_count(seed, "seed", minimum=0)
         self.progress = bool(progress)
-        self.cap_: Cap | None = None
+        self.caps_: nn.ModuleList | None = None
 
     def fit(self, data: object, y: object = None) -> BayesCap:
-        """Train the cap on ``train_fraction`` of ``(data, y)``; ``y`` has the frozen output's shape.
+        """Train the caps on ``train_fraction`` of ``(data, y)``; ``y`` has the frozen output's shape.
 
-        The frozen model runs once over that share; the cap then trains on the cached outputs, so no
-        activation of the frozen model is kept for backpropagation.
+        The frozen model runs once over that share; the caps then train on the cached outputs, so no
+        activation of the frozen model is kept for backpropagation. All caps share the subset and the
+        validation split; each has its own initialisation and data order.
         """
         generator = torch.Generator().manual_seed(self.seed)
         run = self._collect(data, y, batch_size=self.batch_size, need_target=True, fraction=self.train_fraction,
@@ -208,16 +228,20 @@ class BayesCap(FrozenWrapper, method="bayescap"):
         self.register_buffer("input_mean_", y_hat[train].mean(reduce, keepdim=True)[0])
         std = y_hat[train].std(reduce, keepdim=True, correction=0)[0]
         self.register_buffer("input_scale_", torch.where(std > 0, std, torch.ones_like(std)))
-        self.cap_ = Cap(self.num_channels_, self.hidden, self.num_blocks, self._is_conv).to(y_hat.device, y_hat.dtype)
-        self.cap_.reset_parameters(generator)
-        self._train_cap(y_hat[train], target[train], y_hat[val], target[val], generator)
+        self.caps_ = self._new_caps().to(y_hat.device, y_hat.dtype)
+        self.history_: list[dict[str, list[float]]] = []
+        for index, cap in enumerate(self.caps_):
+            cap.reset_parameters(generator)
+            desc = f"BayesCap {index + 1}/{self.num_caps}" if self.num_caps > 1 else "BayesCap"
+            self.history_.append(self._train_cap(cap, y_hat[train], target[train], y_hat[val], target[val], generator, desc))
         self.fitted_ = True
         return self
 
     def cap_outputs(self, y_hat: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """``(mu, alpha, beta)`` of the GGD per element, in the output's units, each shaped like ``y_hat``."""
-        delta, alpha, beta = self.cap_((y_hat - self.input_mean_) / self.input_scale_)
-        return y_hat + self.input_scale_ * delta, self.input_scale_ * alpha, beta
+        """``(mu, alpha, beta)`` of each cap's GGD per element, in the output's units, each
+        ``[num_caps, *y_hat.shape]``."""
+        outputs = [self._cap_output(cap, y_hat) for cap in self.caps_]
+        return tuple(torch.stack(parts) for parts in zip(*outputs))
 
     # ------------------------------------------------------------------------------ internals
     @property
@@ -242,61 +266,81 @@ class BayesCap(FrozenWrapper, method="bayescap"):
             want = f"[N, {', '.join(dims)}]"
             raise ValueError(f"model: output of shape {tuple(y_hat.shape)} does not match the cap's expected shape {want}")
 
-    def _loss(self, y_hat: Tensor, y: Tensor) -> Tensor:
-        mu, alpha, beta = self.cap_outputs(y_hat)
+    def _new_caps(self) -> nn.ModuleList:
+        return nn.ModuleList(Cap(self.num_channels_, self.hidden, self.num_blocks, self._is_conv, self.beta_min)
+                             for _ in range(self.num_caps))
+
+    def _cap_output(self, cap: Cap, y_hat: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        delta, alpha, beta = cap((y_hat - self.input_mean_) / self.input_scale_)
+        return y_hat + self.input_scale_ * delta, self.input_scale_ * alpha, beta
+
+    def _loss(self, cap: Cap, y_hat: Tensor, y: Tensor) -> Tensor:
+        mu, alpha, beta = self._cap_output(cap, y_hat)
         return bayescap_loss(mu, alpha, beta, y_hat, y, identity_weight=self.identity_weight,
                              ggd_weight=self.ggd_weight, ggd_residual=self.ggd_residual)
 
-    def _train_cap(self, y_hat: Tensor, y: Tensor, y_hat_val: Tensor, y_val: Tensor, generator: torch.Generator) -> None:
-        """Adam with cosine annealing; keeps the epoch with the lowest validation loss (the last without validation)."""
-        optimizer = torch.optim.Adam(self.cap_.parameters(), lr=self.lr)
+    def _mean_loss(self, cap: Cap, y_hat: Tensor, y: Tensor) -> float:
+        """The loss over all of ``(y_hat, y)`` without gradients, in batches (so memory does not grow with
+        the validation share): the row-weighted mean of batch losses, as every row has the same elements."""
+        total = 0.0
+        with torch.no_grad():
+            for idx in torch.arange(len(y_hat), device=y_hat.device).split(self.batch_size):
+                total += float(self._loss(cap, y_hat[idx], y[idx])) * len(idx)
+        return total / len(y_hat)
+
+    def _train_cap(self, cap: Cap, y_hat: Tensor, y: Tensor, y_hat_val: Tensor, y_val: Tensor,
+                   generator: torch.Generator, desc: str) -> dict[str, list[float]]:
+        """Adam with cosine annealing; keeps the epoch with the lowest validation loss (the last without
+        validation). Returns the per-epoch ``train_loss`` and ``val_loss``."""
+        optimizer = torch.optim.Adam(cap.parameters(), lr=self.lr)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.num_epochs)
         best_loss, best_state = math.inf, None
-        self.history_: dict[str, list[float]] = {"train_loss": [], "val_loss": []}
-        epochs = tqdm(range(self.num_epochs), desc="BayesCap", disable=not self.progress, leave=False)
+        history: dict[str, list[float]] = {"train_loss": [], "val_loss": []}
+        epochs = tqdm(range(self.num_epochs), desc=desc, disable=not self.progress, leave=False)
         for _ in epochs:
-            self.cap_.train()
+            cap.train()
             total = 0.0
             for idx in torch.randperm(len(y_hat), generator=generator).split(self.batch_size):
-                loss = self._loss(y_hat[idx], y[idx])
+                loss = self._loss(cap, y_hat[idx], y[idx])
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
                 total += float(loss.detach()) * len(idx)
             schedule.step()
-            self.history_["train_loss"].append(total / len(y_hat))
+            history["train_loss"].append(total / len(y_hat))
             if len(y_val):
-                self.cap_.eval()
-                with torch.no_grad():
-                    val_loss = float(self._loss(y_hat_val, y_val))
-                self.history_["val_loss"].append(val_loss)
+                cap.eval()
+                val_loss = self._mean_loss(cap, y_hat_val, y_val)
+                history["val_loss"].append(val_loss)
                 if val_loss < best_loss:
-                    best_loss, best_state = val_loss, copy.deepcopy(self.cap_.state_dict())
+                    best_loss, best_state = val_loss, copy.deepcopy(cap.state_dict())
                 epochs.set_postfix(val_loss=f"{val_loss:.4g}")
         if best_state is not None:
-            self.cap_.load_state_dict(best_state)
-        self.cap_.eval()
+            cap.load_state_dict(best_state)
+        cap.eval()
+        return history
 
-    def _distribution(self, y_hat: Tensor) -> GeneralizedGaussian:
-        """The GGD per element, centred on the frozen output, batch shape ``[1, N, prod(output_shape)]``."""
+    def _components(self, y_hat: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Each cap's GGD ``(loc, alpha, beta)`` per element, ``[num_caps, N, prod(output_shape)]``: the locations
+        are ``y_hat`` plus the cap's ``mu`` minus the caps' mean ``mu`` (just ``y_hat`` for one cap)."""
         self._check_shape(y_hat)
-        _, alpha, beta = self.cap_outputs(y_hat)
-        flat = (1, y_hat.shape[0], -1)
-        return GeneralizedGaussian(y_hat.reshape(flat), alpha.reshape(flat), beta.reshape(flat))
+        mu, alpha, beta = (t.reshape(self.num_caps, y_hat.shape[0], -1) for t in self.cap_outputs(y_hat))
+        return y_hat.reshape(1, y_hat.shape[0], -1) + (mu - mu.mean(0)), alpha, beta
 
     def _predictive(self, output: Tensor, features: Tensor | None) -> Predictive:
-        """The GGD is centred on the frozen output (the cap's ``mu`` is trained to reproduce it)."""
-        return Predictive.from_distribution(self._distribution(output))
+        """The caps' equal-weight GGD mixture, centred on the frozen output (each cap's ``mu`` is trained to
+        reproduce it; only their spread is kept)."""
+        return Predictive.from_distribution(GeneralizedGaussian(*self._components(output)))
 
     def _ood_score(self, output: Tensor, features: Tensor | None) -> Tensor:
-        """Per-sample mean (or ``ood_quantile`` quantile) of the GGD variances over the output's elements."""
-        self._check_shape(output)
-        _, alpha, beta = self.cap_outputs(output)
-        variance = ggd_variance(alpha, beta).reshape(output.shape[0], -1)
+        """Per-sample mean (or ``ood_quantile`` quantile) over the output's elements of the total variance:
+        the caps' mean GGD variance plus the variance of their ``mu`` (zero for one cap)."""
+        loc, alpha, beta = self._components(output)
+        variance = ggd_variance(alpha, beta).mean(0) + loc.var(0, correction=0)
         return variance.mean(-1) if self.ood_quantile is None else torch.quantile(variance, self.ood_quantile, dim=-1)
 
     def _fitted_tensors(self) -> dict[str, Tensor]:
-        state = {f"cap.{k}": v for k, v in self.cap_.state_dict().items()}
+        state = {f"caps.{k}": v for k, v in self.caps_.state_dict().items()}
         return {**state, "output_shape": torch.tensor(self.output_shape_), "input_mean": self.input_mean_,
                 "input_scale": self.input_scale_}
 
@@ -306,6 +350,9 @@ class BayesCap(FrozenWrapper, method="bayescap"):
         self.register_buffer("input_mean_", tensors["input_mean"])
         self.register_buffer("input_scale_", tensors["input_scale"])
         dtype = tensors["input_scale"].dtype
-        self.cap_ = Cap(self.num_channels_, self.hidden, self.num_blocks, self._is_conv).to(dtype)
-        self.cap_.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("cap.")})
-        self.cap_.eval()
+        self.caps_ = self._new_caps().to(dtype)
+        # files written before num_caps existed hold one cap under "cap."; they load as cap 0
+        state = {k[len("caps."):]: v for k, v in tensors.items() if k.startswith("caps.")}
+        state = state or {f"0.{k[len('cap.'):]}": v for k, v in tensors.items() if k.startswith("cap.")}
+        self.caps_.load_state_dict(state)
+        self.caps_.eval()
