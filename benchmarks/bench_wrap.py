@@ -151,14 +151,19 @@ def tta_variance(model: nn.Module, x: Tensor, generator: torch.Generator) -> Ten
     return repeated_variance(lambda z: model(add_noise(z, TTA_NOISE_SD, generator)), x)
 
 
+def noise_free_corruptions(x_clean: Tensor) -> dict[str, tuple[Tensor, float]]:
+    """Per corruption, the corrupted digits before noise and the sd of the noise then added."""
+    return {
+        "noise sd 0.5 (2.5x training noise)": (x_clean, 0.5),
+        "noise sd 0.2 + inverted intensities": (1 - x_clean, NOISE_SD),
+        "noise sd 0.2 + rotated 90 degrees": (x_clean.rot90(1, dims=(2, 3)), NOISE_SD),
+        "noise sd 0.2 + 3x3 box blur": (nn.functional.avg_pool2d(x_clean, 3, 1, 1), NOISE_SD),
+    }
+
+
 def corruptions(x_clean: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
     """Corrupted test inputs for OOD detection (all start from the clean test digits)."""
-    return {
-        "noise sd 0.5 (2.5x training noise)": add_noise(x_clean, 0.5, generator),
-        "noise sd 0.2 + inverted intensities": add_noise(1 - x_clean, NOISE_SD, generator),
-        "noise sd 0.2 + rotated 90 degrees": add_noise(x_clean.rot90(1, dims=(2, 3)), NOISE_SD, generator),
-        "noise sd 0.2 + 3x3 box blur": add_noise(nn.functional.avg_pool2d(x_clean, 3, 1, 1), NOISE_SD, generator),
-    }
+    return {name: add_noise(x, sd, generator) for name, (x, sd) in noise_free_corruptions(x_clean).items()}
 
 
 def select_cap(model: Denoiser, fit_data: tuple[Tensor, Tensor], val_data: tuple[Tensor, Tensor], seed: int) -> BayesCap:

@@ -23,15 +23,19 @@ from sklearn.covariance import LedoitWolf
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.neural_network import MLPClassifier
-from torch import Tensor, nn
 
-from bench_wrap import NOISE_SD, add_noise, cap_training_pairs, corruptions, digit_images, show, split_rows, train_denoiser
+from bench_wrap import (
+    NOISE_SD,
+    add_noise,
+    cap_training_pairs,
+    corruptions,
+    digit_images,
+    noise_free_corruptions,
+    show,
+    split_rows,
+    train_denoiser,
+)
 from _common import context_str
-
-
-def clean_targets(x: Tensor) -> dict[str, Tensor]:
-    """The noise-free version of each corruption in `corruptions` (same order)."""
-    return dict(zip(corruptions(x, torch.Generator()), (x, 1 - x, x.rot90(1, dims=(2, 3)), nn.functional.avg_pool2d(x, 3, 1, 1))))
 
 
 def auroc(clean: np.ndarray, bad: np.ndarray) -> float:
@@ -59,8 +63,9 @@ def main() -> None:
     gaussian = LedoitWolf().fit(fit_outputs)
     error_clean = (test_clean_out - images[test]).pow(2).flatten(1).mean(1).numpy()
     test_clean = test_clean_out.flatten(1).numpy()
-    for (name, out), target in zip(test_bad_out.items(), clean_targets(images[test]).values()):
-        bad = out.flatten(1).numpy()
+    targets = noise_free_corruptions(images[test])
+    for name, out in test_bad_out.items():
+        target, bad = targets[name][0], out.flatten(1).numpy()
         x_fit, y_fit = np.r_[val_clean, val_bad[name]], np.r_[np.zeros(len(val_clean)), np.ones(len(val_bad[name]))]
         logistic = LogisticRegression(max_iter=5000).fit(x_fit, y_fit)
         mlp = MLPClassifier((128,), alpha=1e-3, max_iter=2000, random_state=args.seed).fit(x_fit, y_fit)

@@ -38,9 +38,9 @@ WORKER = ("import sys, torch; import uqkit.inference.pfn, uqkit.models.pfn_prior
           "print('ready', flush=True); main(sys.argv[1:], prog_name='uqkit')")
 
 
-#: The progress-bar classes uqkit uses. Each keeps its own lock once it has made a bar (``tqdm.auto``'s class
-#: sets ``_lock`` on itself), so a lock set on ``tqdm.std.tqdm`` alone does not reach ``tqdm.auto.tqdm``.
 def _progress_classes() -> tuple[type, ...]:
+    """The progress-bar classes uqkit uses. Each keeps its own lock once it has made a bar (``tqdm.auto``'s
+    class sets ``_lock`` on itself), so a lock set on ``tqdm.std.tqdm`` alone does not reach ``tqdm.auto.tqdm``."""
     import tqdm.auto
     import tqdm.std
 

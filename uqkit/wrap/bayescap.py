@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from uqkit._checks import check_positive
 from uqkit.calibration.predictive import Predictive
 from uqkit.wrap.base import FrozenWrapper, check_choice, check_count, check_fraction
-from uqkit.wrap.ggd import GeneralizedGaussian, ggd_variance
+from uqkit.wrap.ggd import GeneralizedGaussian
 
 #: Added to the ``1/alpha`` head before inverting it (the paper's alpha-eps).
 ALPHA_EPS = 1e-5
@@ -88,7 +88,7 @@ class Cap(nn.Module):
         beta_min: added to the ``beta`` head's softplus, the smallest shape the cap can predict.
     """
 
-    def __init__(self, num_channels: int, hidden: int, num_blocks: int, conv: bool, beta_min: float = BETA_EPS) -> None:
+    def __init__(self, num_channels: int, hidden: int, num_blocks: int, conv: bool, beta_min: float) -> None:
         super().__init__()
         self.beta_min = beta_min
 
@@ -333,10 +333,9 @@ class BayesCap(FrozenWrapper, method="bayescap"):
         return Predictive.from_distribution(GeneralizedGaussian(*self._components(output)))
 
     def _ood_score(self, output: Tensor, features: Tensor | None) -> Tensor:
-        """Per-sample mean (or ``ood_quantile`` quantile) over the output's elements of the total variance:
-        the caps' mean GGD variance plus the variance of their ``mu`` (zero for one cap)."""
-        loc, alpha, beta = self._components(output)
-        variance = ggd_variance(alpha, beta).mean(0) + loc.var(0, correction=0)
+        """Per-sample mean (or ``ood_quantile`` quantile) over the output's elements of the predictive's total
+        variance: the caps' mean GGD variance plus the variance of their ``mu`` (zero for one cap)."""
+        variance = self._predictive(output, features).variance()
         return variance.mean(-1) if self.ood_quantile is None else torch.quantile(variance, self.ood_quantile, dim=-1)
 
     def _fitted_tensors(self) -> dict[str, Tensor]:
